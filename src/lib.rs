@@ -1,1 +1,12 @@
-pub fn version() -> &'static str { env!("CARGO_PKG_VERSION") }
+//! biomistral-rs: run, quantize, merge, evaluate, fine-tune and serve Mistral-architecture
+//! medical LLMs. Modules follow the pipeline a user walks through:
+//! source (load) → model → generate → quantize → merge → eval → train → serve.
+pub mod error;
+pub mod fsutil;
+pub mod source;
+
+pub use error::{Error, Result};
+
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
