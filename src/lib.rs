@@ -3,7 +3,9 @@
 //! source (load) → model → generate → quantize → merge → eval → train → serve.
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
+pub mod scoring;
 pub mod source;
 
 pub use error::{Error, Result};

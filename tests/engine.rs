@@ -107,3 +107,90 @@ fn hf_copy_in_f32_matches_transformers_logits() {
         eprintln!("prompt {i}: {} tokens, max |diff| {max_abs:.2e}", ids.len());
     }
 }
+
+fn load_f32() -> Option<biomistral::source::LoadedModel> {
+    let dir = common::hf_bf16_dir()?;
+    Some(
+        load(
+            dir.to_str().unwrap(),
+            &LoadOptions {
+                dtype: Some(DType::F32),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn greedy_generations_equal_transformers() {
+    use biomistral::generate::{encode_chat, generate, GenerateRequest, Message, SamplingParams};
+    let Some(m) = load_f32() else { return };
+    let refs = common::read_json(&common::fixtures().join("hf-reference/generations.json"));
+    for g in refs["generations"].as_array().unwrap() {
+        let want_prompt: Vec<u32> = g["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let want_new: Vec<u32> = g["new_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let prompt_ids = if g["type"] == "chat" {
+            let msgs: Vec<Message> = serde_json::from_value(g["messages"].clone()).unwrap();
+            encode_chat(&m, &msgs).unwrap()
+        } else {
+            m.tokenizer.encode(g["text_in"].as_str().unwrap(), true).unwrap()
+        };
+        assert_eq!(prompt_ids, want_prompt, "prompt ids of {}", g["type"]);
+        let req = GenerateRequest {
+            prompt_ids,
+            max_new_tokens: 40,
+            sampling: SamplingParams::default(),
+            stop_strings: vec![],
+            eos_ids: vec![2],
+        };
+        let out = generate(&m, &req, None, |_| {}).unwrap();
+        assert_eq!(out.new_ids, want_new, "greedy continuation of {}", g["type"]);
+        assert_eq!(
+            m.tokenizer.decode(&out.new_ids, false).unwrap(),
+            g["text"].as_str().unwrap()
+        );
+        assert_eq!(out.stopped_at_eos, g["stopped_at_eos"].as_bool().unwrap());
+    }
+}
+
+#[test]
+fn perplexity_within_half_percent_of_transformers() {
+    let Some(m) = load_f32() else { return };
+    let refs = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let docs: Vec<Vec<u32>> = refs["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let ids = m.tokenizer.encode(d["text"].as_str().unwrap(), false).unwrap();
+            let want: Vec<u32> = d["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids[..ids.len().min(512)], want[..], "tokenization of doc {}", d["pmid"]);
+            ids
+        })
+        .collect();
+    let p = biomistral::scoring::perplexity_docs(&m.model, &docs, 512, || {}).unwrap();
+    let want = refs["aggregate"]["ppl"].as_f64().unwrap();
+    assert_eq!(
+        p.total_predicted_tokens as u64,
+        refs["aggregate"]["total_predicted_tokens"].as_u64().unwrap()
+    );
+    let rel = (p.ppl - want).abs() / want;
+    eprintln!("ppl {} vs transformers {want} (rel {rel:.2e})", p.ppl);
+    assert!(rel < 0.005, "ppl {} vs {want}", p.ppl);
+}
