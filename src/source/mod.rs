@@ -4,6 +4,7 @@ pub mod gguf;
 pub mod gguf_store;
 pub mod gguf_vocab;
 pub mod hub;
+pub mod random;
 pub mod safetensors_store;
 pub mod safetensors_writer;
 pub mod tokenizer;
