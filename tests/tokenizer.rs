@@ -415,6 +415,27 @@ fn tiny_vocab_builds() {
     assert_eq!(tok.encode("ab", true).unwrap(), vec![2], "gpt2 adds no BOS by default");
     let tok = build_with(|m| set(m, "tokenizer.ggml.add_bos_token", Value::Bool(true))).unwrap();
     assert_eq!(tok.encode("ab", true).unwrap(), vec![3, 2]);
+    // EOS too, with a token text the template's string syntax could not hold.
+    let tok = build_with(|m| {
+        let s = |x: &str| Value::String(x.into());
+        set(
+            m,
+            "tokenizer.ggml.tokens",
+            Value::Array(["a", "b", "ab", "<s>", "<eos:0>"].map(s).to_vec()),
+        );
+        set(
+            m,
+            "tokenizer.ggml.token_type",
+            Value::Array([1, 1, 1, 3, 3].map(Value::I32).to_vec()),
+        );
+        set(m, "tokenizer.ggml.eos_token_id", Value::U32(4));
+        set(m, "tokenizer.ggml.add_eos_token", Value::Bool(true));
+    })
+    .unwrap();
+    assert_eq!(tok.encode("ab", true).unwrap(), vec![2, 4]);
+    assert_eq!(tok.encode("a<eos:0>", false).unwrap(), vec![0, 4]);
+    assert_eq!(tok.decode(&[2, 4], true).unwrap(), "ab");
+    assert_eq!(tok.eos_token.as_deref(), Some("<eos:0>"));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::source::gguf::{GgufFile, Value};
 use crate::source::tokenizer::Tokenizer;
+use serde_json::json;
 use std::collections::HashMap;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSeq};
@@ -389,23 +390,28 @@ impl GgufVocab {
             return Ok((self.model == "gpt2").then(|| ByteLevel::new(true, false, true).into()));
         }
         // single: `[BOS] $A [EOS]`; pair: `[BOS] $A [EOS] [BOS]:1 $B:1 [EOS]:1` (HF Llama's layout).
+        // Built from its JSON form because the string form cannot hold tokens containing ':'.
         let seq = |name: &str, type_id: u32| {
-            let mut v: Vec<String> = bos.iter().map(|(t, _)| format!("{t}:{type_id}")).collect();
-            v.push(format!("{name}:{type_id}"));
-            v.extend(eos.iter().map(|(t, _)| format!("{t}:{type_id}")));
+            let special = |t: &String| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+            let mut v: Vec<serde_json::Value> = bos.iter().map(|(t, _)| special(t)).collect();
+            v.push(json!({"Sequence": {"id": name, "type_id": type_id}}));
+            v.extend(eos.iter().map(|(t, _)| special(t)));
             v
         };
-        let single = seq("$A", 0);
-        let pair = [seq("$A", 0), seq("$B", 1)].concat();
-        let mut specials: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
-        specials.dedup();
-        let tp = TemplateProcessing::builder()
-            .try_single(single)
-            .and_then(|b| b.try_pair(pair))
-            .map_err(|e| field_err("tokenizer.ggml.bos_token_id", e.to_string()))?
-            .special_tokens(specials)
-            .build()
-            .map_err(|e| field_err("tokenizer.ggml.bos_token_id", e.to_string()))?;
+        let specials: serde_json::Map<String, serde_json::Value> = bos
+            .iter()
+            .chain(eos.iter())
+            .map(|(t, id)| (t.clone(), json!({"id": t, "ids": [id], "tokens": [t]})))
+            .collect();
+        let pair = [seq("A", 0), seq("B", 1)].concat();
+        let template = json!({
+            "type": "TemplateProcessing",
+            "single": seq("A", 0),
+            "pair": pair,
+            "special_tokens": specials,
+        });
+        let tp: TemplateProcessing =
+            serde_json::from_value(template).map_err(|e| field_err("tokenizer.ggml.bos_token_id", e.to_string()))?;
         Ok(Some(tp.into()))
     }
 }
