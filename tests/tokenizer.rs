@@ -311,6 +311,30 @@ fn hf_to_gguf_metadata_round_trip_keeps_tokenization() {
     }
 }
 
+#[test]
+fn lone_gguf_model_source_gets_its_tokenizer_from_metadata() {
+    let Some(path) = common::fixture_gguf() else { return };
+    if path.with_file_name("tokenizer.json").exists() {
+        println!(
+            "SKIP: a tokenizer.json lies beside {}; the GGUF metadata path is not used",
+            path.display()
+        );
+        return;
+    }
+    let src = biomistral::source::ModelSource::open(path.to_str().unwrap()).unwrap();
+    let hf = Tokenizer::from_file(&common::fixtures().join("smollm2-135m-instruct/tokenizer.json")).unwrap();
+    let chat = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        src.tokenizer.encode(chat, false).unwrap(),
+        hf.encode(chat, false).unwrap()
+    );
+    assert!(
+        src.eos_ids.contains(&2),
+        "<|im_end|> stops generation: {:?}",
+        src.eos_ids
+    );
+}
+
 /// Feed ids one at a time; every piece must be free of replacement characters and the pieces
 /// must add up to the one-shot decode.
 fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
