@@ -32,9 +32,8 @@ impl ModelArgs {
             device: source::parse_device(&self.device)?,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };
-        Ok(src
-            .load(&opts)
-            .with_context(|| format!("loading model '{}'", self.model))?)
+        src.load(&opts)
+            .with_context(|| format!("loading model '{}'", self.model))
     }
 }
 
