@@ -43,7 +43,10 @@ fn tiny_model_generates() {
 
 #[test]
 fn missing_model() {
-    fails_with(&["generate", "--model", "/nonexistent/model-dir", "--prompt", "x"], &["/nonexistent/model-dir"]);
+    fails_with(
+        &["generate", "--model", "/nonexistent/model-dir", "--prompt", "x"],
+        &["/nonexistent/model-dir"],
+    );
     fails_with(&["inspect", "/nonexistent/file.gguf"], &["/nonexistent/file.gguf"]);
 }
 
@@ -53,12 +56,18 @@ fn truncated_or_corrupt_safetensors() {
     let st = dir.join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &["model.safetensors"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["model.safetensors"],
+    );
     // Header length larger than the file.
     let mut b = bytes.clone();
     b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     std::fs::write(&st, &b).unwrap();
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &["model.safetensors"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["model.safetensors"],
+    );
     // Garbage header.
     let mut b = bytes;
     for x in b[8..40].iter_mut() {
@@ -103,7 +112,10 @@ fn unknown_architecture_and_bad_config() {
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     std::fs::write(&cfg, v.to_string()).unwrap();
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &["GPTNeoXForCausalLM", "architectures"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["GPTNeoXForCausalLM", "architectures"],
+    );
     std::fs::write(&cfg, "{not json").unwrap();
     fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &["config.json"]);
 }
@@ -121,7 +133,10 @@ fn corrupt_gguf() {
     let bad = dir.with_extension("bad.gguf");
     // Truncated: tensor data past the end.
     std::fs::write(&bad, &bytes[..bytes.len() - 1000]).unwrap();
-    fails_with(&["generate", "--model", s(&bad), "--prompt", "x"], &["bad.gguf", "past the end"]);
+    fails_with(
+        &["generate", "--model", s(&bad), "--prompt", "x"],
+        &["bad.gguf", "past the end"],
+    );
     // Bad metadata count.
     let mut b = bytes.clone();
     b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -140,16 +155,51 @@ fn prompt_and_sampling_errors() {
     let dir = tiny_model("prompt");
     fails_with(&["generate", "--model", s(&dir), "--prompt", ""], &["prompt", "empty"]);
     let long = "a ".repeat(2000);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", &long], &["prompt", "context"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--temperature", "-1"], &["--temperature"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--top-p", "1.5"], &["--top-p"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--top-k", "0"], &["--top-k"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--min-p", "2"], &["--min-p"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--repetition-penalty", "0"], &["--repetition-penalty"]);
-    fails_with(&["generate", "--model", s(&dir), "--prompt", "x", "--dtype", "f8"], &["--dtype"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", &long],
+        &["prompt", "context"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--temperature", "-1"],
+        &["--temperature"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--top-p", "1.5"],
+        &["--top-p"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--top-k", "0"],
+        &["--top-k"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--min-p", "2"],
+        &["--min-p"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            s(&dir),
+            "--prompt",
+            "x",
+            "--repetition-penalty",
+            "0",
+        ],
+        &["--repetition-penalty"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--dtype", "f8"],
+        &["--dtype"],
+    );
     let msgs = dir.join("msgs.json");
     std::fs::write(&msgs, "[]").unwrap();
-    fails_with(&["generate", "--model", s(&dir), "--messages", s(&msgs)], &["msgs.json", "empty"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--messages", s(&msgs)],
+        &["msgs.json", "empty"],
+    );
     std::fs::write(&msgs, "{\"role\": 1}").unwrap();
-    fails_with(&["generate", "--model", s(&dir), "--messages", s(&msgs)], &["msgs.json"]);
+    fails_with(
+        &["generate", "--model", s(&dir), "--messages", s(&msgs)],
+        &["msgs.json"],
+    );
 }

@@ -197,7 +197,10 @@ fn perplexity_within_half_percent_of_transformers() {
 
 fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|&x| x as f64).sum::<f64>() / n, b.iter().map(|&x| x as f64).sum::<f64>() / n);
+    let (ma, mb) = (
+        a.iter().map(|&x| x as f64).sum::<f64>() / n,
+        b.iter().map(|&x| x as f64).sum::<f64>() / n,
+    );
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
     for (&x, &y) in a.iter().zip(b) {
         let (dx, dy) = (x as f64 - ma, y as f64 - mb);
@@ -213,18 +216,31 @@ fn q4_1_gguf_runs_directly_close_to_reference() {
     let Some(gguf) = common::fixture_gguf() else { return };
     // No tokenizer.json beside the file: the tokenizer comes from GGUF metadata.
     let m = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let hf_tok = biomistral::source::tokenizer::Tokenizer::from_file(&common::fixtures().join("smollm2-135m-instruct/tokenizer.json")).unwrap();
+    let hf_tok = biomistral::source::tokenizer::Tokenizer::from_file(
+        &common::fixtures().join("smollm2-135m-instruct/tokenizer.json"),
+    )
+    .unwrap();
     let refs = reference_logits();
     let prompts = common::read_json(&common::fixtures().join("hf-reference/prompts.json"));
     for p in prompts["prompts"].as_array().unwrap() {
         let i = p["index"].as_u64().unwrap();
         let text = p["text"].as_str().unwrap();
         let ids = m.tokenizer.encode(text, true).unwrap();
-        assert_eq!(ids, hf_tok.encode(text, true).unwrap(), "prompt {i}: GGUF tokenizer differs from tokenizer.json");
+        assert_eq!(
+            ids,
+            hf_tok.encode(text, true).unwrap(),
+            "prompt {i}: GGUF tokenizer differs from tokenizer.json"
+        );
         let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let mut cache = m.model.new_cache();
-        let last: Vec<f32> =
-            m.model.forward(&t, &mut cache, Logits::Last, &ForwardOpts::default()).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let last: Vec<f32> = m
+            .model
+            .forward(&t, &mut cache, Logits::Last, &ForwardOpts::default())
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want = f32s(&refs, &format!("logits_last.{i}"));
         let r = pearson(&last, &want);
         let top = biomistral::generate::sampler::argmax(&last);
@@ -237,7 +253,13 @@ fn q4_1_gguf_runs_directly_close_to_reference() {
 fn last_logits(m: &biomistral::source::LoadedModel, ids: &[u32]) -> Vec<f32> {
     let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut cache = m.model.new_cache();
-    m.model.forward(&t, &mut cache, Logits::Last, &ForwardOpts::default()).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    m.model
+        .forward(&t, &mut cache, Logits::Last, &ForwardOpts::default())
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -245,14 +267,36 @@ fn hf_to_gguf_round_trip_keeps_logits() {
     use biomistral::source::convert::{hf_to_gguf, HfToGgufOptions};
     use candle_core::quantized::GgmlDType;
     let Some(dir) = common::hf_bf16_dir() else { return };
-    let hf = load(dir.to_str().unwrap(), &LoadOptions { dtype: Some(DType::F32), ..Default::default() }).unwrap();
-    let ids = hf.tokenizer.encode("Metformin is first-line therapy for type 2 diabetes because", true).unwrap();
+    let hf = load(
+        dir.to_str().unwrap(),
+        &LoadOptions {
+            dtype: Some(DType::F32),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = hf
+        .tokenizer
+        .encode("Metformin is first-line therapy for type 2 diabetes because", true)
+        .unwrap();
     let want = last_logits(&hf, &ids);
     for (ty, tol) in [(GgmlDType::F32, 0.0f32), (GgmlDType::F16, 1e-2)] {
         let out = common::scratch().join(format!("rt-{}-{:?}.gguf", std::process::id(), ty));
         hf_to_gguf(&dir, &out, &HfToGgufOptions { ty, progress: false }).unwrap();
-        let g = load(out.to_str().unwrap(), &LoadOptions { dtype: Some(DType::F32), ..Default::default() }).unwrap();
-        assert_eq!(g.tokenizer.encode("Metformin is first-line therapy for type 2 diabetes because", true).unwrap(), ids);
+        let g = load(
+            out.to_str().unwrap(),
+            &LoadOptions {
+                dtype: Some(DType::F32),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            g.tokenizer
+                .encode("Metformin is first-line therapy for type 2 diabetes because", true)
+                .unwrap(),
+            ids
+        );
         let got = last_logits(&g, &ids);
         let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         eprintln!("{ty:?}: max |diff| {max:e}");
