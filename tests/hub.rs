@@ -29,7 +29,16 @@ fn hub_id_resolves_from_cache_offline() {
     assert_eq!(v["config"]["num_hidden_layers"], 2);
 
     let out = Command::new(common::bin())
-        .args(["generate", "--model", "BioMistral/BioMistral-Tiny", "--prompt", "hi", "-n", "3", "--json"])
+        .args([
+            "generate",
+            "--model",
+            "BioMistral/BioMistral-Tiny",
+            "--prompt",
+            "hi",
+            "-n",
+            "3",
+            "--json",
+        ])
         .env("HF_HOME", &home)
         .env("HF_HUB_OFFLINE", "1")
         .output()
@@ -45,6 +54,9 @@ fn hub_id_resolves_from_cache_offline() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("BioMistral/Not-There") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(
+        err.contains("BioMistral/Not-There") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&home).ok();
 }
