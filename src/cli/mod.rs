@@ -1,6 +1,8 @@
 //! Command-line interface: one file per command, each an argument struct plus a call into the library.
 use clap::{Parser, Subcommand};
 
+pub mod merge;
+
 #[derive(Parser)]
 #[command(
     name = "biomistral",
@@ -19,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the crate version.
     Version,
+    /// Merge models from a mergekit-style YAML config.
+    Merge(merge::MergeArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -41,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("biomistral {}", biomistral::version());
             Ok(())
         }
+        Command::Merge(args) => merge::run(args),
     }
 }

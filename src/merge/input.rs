@@ -1,0 +1,143 @@
+//! Input models: local Hugging Face folders with (sharded) safetensors, memory-mapped so a merge
+//! streams tensor by tensor instead of loading whole checkpoints.
+use super::tensor::Dtype;
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where a model spec from the YAML lives on disk. An existing path (absolute, relative to the
+/// working directory, or relative to the config file's folder) is used as is.
+///
+/// This is the seam for Hub ids: resolving `org/name` through the Hub cache belongs here.
+pub fn resolve_model(spec: &str, config_dir: Option<&Path>) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    if let Some(dir) = config_dir.filter(|_| p.is_relative()) {
+        let q = dir.join(&p);
+        if q.is_dir() {
+            return Ok(q);
+        }
+    }
+    Err(Error::config(
+        "model",
+        format!("model '{spec}' not found: no such local folder (Hugging Face Hub ids are not resolved here yet)"),
+    ))
+}
+
+/// Location of one tensor inside a memory-mapped shard.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub shard: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the shard file.
+    pub start: usize,
+    pub end: usize,
+}
+
+pub struct InputModel {
+    /// The spec as written in the config (used in messages and the model card).
+    pub spec: String,
+    pub path: PathBuf,
+    pub config: serde_json::Value,
+    pub tensors: BTreeMap<String, TensorEntry>,
+    shards: Vec<(PathBuf, memmap2::Mmap)>,
+}
+
+impl InputModel {
+    pub fn open(spec: &str, config_dir: Option<&Path>) -> Result<InputModel> {
+        let path = resolve_model(spec, config_dir)?;
+        let cfg_path = path.join("config.json");
+        let config: serde_json::Value = serde_json::from_str(&crate::fsutil::read_to_string(&cfg_path)?)
+            .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let files = shard_files(&path)?;
+        let mut shards = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for file in files {
+            let map = crate::fsutil::mmap(&file)?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&map).map_err(|e| Error::format(&file, e.to_string()))?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| {
+                    Error::tensor(&name, format!("{}: dtype {:?} is not bf16/f16/f32", file.display(), info.dtype))
+                })?;
+                let (s, e) = info.data_offsets;
+                if data_start + e > map.len() {
+                    return Err(Error::format(&file, format!("tensor '{name}' extends past the end of the file")));
+                }
+                let entry = TensorEntry {
+                    shard: shards.len(),
+                    dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + s,
+                    end: data_start + e,
+                };
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(Error::tensor(name, format!("{}: appears in more than one shard", path.display())));
+                }
+            }
+            shards.push((file, map));
+        }
+        Ok(InputModel {
+            spec: spec.to_string(),
+            path,
+            config,
+            tensors,
+            shards,
+        })
+    }
+
+    pub fn num_layers(&self) -> Result<usize> {
+        self.config
+            .get("num_hidden_layers")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                Error::config(
+                    "num_hidden_layers",
+                    format!("{}: missing from config.json", self.path.display()),
+                )
+            })
+    }
+
+    /// Read a tensor as f32 values (exact conversion from its stored dtype).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::tensor(name, format!("missing from model '{}'", self.spec)))?;
+        let (_, map) = &self.shards[t.shard];
+        t.dtype.decode(name, &map[t.start..t.end])
+    }
+}
+
+/// The safetensors files of a model folder: those named by the index, else `model.safetensors`.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&crate::fsutil::read_to_string(&index)?)
+            .map_err(|e| Error::format(&index, e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index, "no weight_map object"))?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        if files.iter().any(|f| f.contains('/') || f.contains('\\') || f.contains("..")) {
+            return Err(Error::format(&index, "weight_map names a file outside the model folder"));
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::format(
+        dir,
+        "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
+    ))
+}
