@@ -62,11 +62,17 @@ impl InputModel {
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| {
-                    Error::tensor(&name, format!("{}: dtype {:?} is not bf16/f16/f32", file.display(), info.dtype))
+                    Error::tensor(
+                        &name,
+                        format!("{}: dtype {:?} is not bf16/f16/f32", file.display(), info.dtype),
+                    )
                 })?;
                 let (s, e) = info.data_offsets;
                 if data_start + e > map.len() {
-                    return Err(Error::format(&file, format!("tensor '{name}' extends past the end of the file")));
+                    return Err(Error::format(
+                        &file,
+                        format!("tensor '{name}' extends past the end of the file"),
+                    ));
                 }
                 let entry = TensorEntry {
                     shard: shards.len(),
@@ -76,7 +82,10 @@ impl InputModel {
                     end: data_start + e,
                 };
                 if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(Error::tensor(name, format!("{}: appears in more than one shard", path.display())));
+                    return Err(Error::tensor(
+                        name,
+                        format!("{}: appears in more than one shard", path.display()),
+                    ));
                 }
             }
             shards.push((file, map));
@@ -127,8 +136,14 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
         files.sort();
         files.dedup();
-        if files.iter().any(|f| f.contains('/') || f.contains('\\') || f.contains("..")) {
-            return Err(Error::format(&index, "weight_map names a file outside the model folder"));
+        if files
+            .iter()
+            .any(|f| f.contains('/') || f.contains('\\') || f.contains(".."))
+        {
+            return Err(Error::format(
+                &index,
+                "weight_map names a file outside the model folder",
+            ));
         }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }

@@ -3,13 +3,24 @@
 //! rounds the result back to the merge dtype.
 
 /// Weighted sum `sum_i w_i x_i`, divided by `sum_i w_i` when `normalize` (mergekit's linear).
+///
+/// torch accumulates the weighted sum with fused multiply-adds (`acc = fma(w_i, x_i, acc)` after a
+/// rounded first product); mergekit's f32 outputs match that, not a plain multiply-then-add. The
+/// f64 form below is exact for the product and matched every reference element.
 pub fn linear(inputs: &[&[f32]], weights: &[f64], normalize: bool) -> Vec<f32> {
     let n = inputs.first().map_or(0, |x| x.len());
     let w: Vec<f32> = weights.iter().map(|w| *w as f32).collect();
     let wsum: f32 = w.iter().sum();
     (0..n)
         .map(|e| {
-            let s: f32 = inputs.iter().zip(&w).map(|(x, w)| w * x[e]).sum();
+            let mut s = 0f32;
+            for (i, (x, w)) in inputs.iter().zip(&w).enumerate() {
+                s = if i == 0 {
+                    w * x[e]
+                } else {
+                    (s as f64 + *w as f64 * x[e] as f64) as f32
+                };
+            }
             if normalize {
                 s / wsum
             } else {

@@ -97,7 +97,10 @@ impl Method {
     pub fn parse(s: &str) -> Result<Method> {
         Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
             let known: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-            Error::config("merge_method", format!("unknown method '{s}' (supported: {})", known.join(", ")))
+            Error::config(
+                "merge_method",
+                format!("unknown method '{s}' (supported: {})", known.join(", ")),
+            )
         })
     }
 
@@ -133,7 +136,10 @@ impl Method {
     }
 
     pub fn knows_param(self, name: &str) -> bool {
-        self.model_params().iter().chain(self.global_params()).any(|d| d.name == name)
+        self.model_params()
+            .iter()
+            .chain(self.global_params())
+            .any(|d| d.name == name)
     }
 
     /// Methods that compute relative to `base_model` and need one.

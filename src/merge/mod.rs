@@ -15,8 +15,10 @@
 //! * Defaults: linear normalize=true; task_arithmetic normalize=false; ties normalize=true,
 //!   rescale=false; dare_* normalize=false, rescale=true; breadcrumbs* normalize=false,
 //!   rescale=false, gamma=0.01; lambda=1.
-//! * TIES keeps `max(1, int(density*numel))` largest |delta|. Ties at the cut-off are broken by
-//!   index here; torch's argsort order is unspecified, so mergekit can pick other tied elements.
+//! * TIES keeps `max(1, int(density*numel))` largest |delta|. Which of several elements tied at
+//!   the cut-off survive is decided by replaying torch's CPU argsort (libstdc++ introsort, see
+//!   [`torch_sort`]); this matched mergekit's reference output exactly. Breadcrumbs uses the same
+//!   replay of torch's ascending sort.
 //! * SLERP works on the whole tensor flattened, falling back to linear interpolation when
 //!   |cos| > 0.9995.
 //!
@@ -41,6 +43,7 @@ pub mod params;
 pub mod plan;
 pub mod task_arithmetic;
 pub mod tensor;
+pub mod torch_sort;
 pub mod writer;
 
 use crate::error::{Error, Result};
@@ -118,7 +121,10 @@ pub fn run_merge(opts: &MergeOptions) -> Result<MergeReport> {
     }
     let out = &opts.out_dir;
     if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
-        return Err(Error::invalid("--out", format!("{} exists and is not empty", out.display())));
+        return Err(Error::invalid(
+            "--out",
+            format!("{} exists and is not empty", out.display()),
+        ));
     }
     let staging = Staging::create(out)?;
     write_all(&plan, &yaml, opts, seed, &staging.path)?;
@@ -196,7 +202,10 @@ impl Staging {
         let name = out
             .file_name()
             .ok_or_else(|| Error::invalid("--out", format!("{} has no folder name", out.display())))?;
-        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let path = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
         if path.exists() {

@@ -28,7 +28,10 @@ fn json_bytes(v: &serde_json::Value) -> Result<Vec<u8>> {
 pub fn write_config(plan: &Plan, dir: &Path) -> Result<()> {
     let mut cfg = plan.models[plan.reference].config.clone();
     let obj = cfg.as_object_mut().ok_or_else(|| {
-        Error::format(plan.models[plan.reference].path.join("config.json"), "not a JSON object")
+        Error::format(
+            plan.models[plan.reference].path.join("config.json"),
+            "not a JSON object",
+        )
     })?;
     let dtype = plan.out_dtype.torch_name();
     obj.insert("torch_dtype".into(), dtype.into());
@@ -70,7 +73,9 @@ pub fn write_tokenizer(plan: &Plan, dir: &Path) -> Result<()> {
     } else {
         serde_json::json!({})
     };
-    let obj = cfg.as_object_mut().ok_or_else(|| Error::format(&path, "not a JSON object"))?;
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| Error::format(&path, "not a JSON object"))?;
     obj.insert("chat_template".into(), template.into());
     write_bytes_atomic(&path, &json_bytes(&cfg)?)
 }

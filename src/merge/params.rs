@@ -44,10 +44,15 @@ impl Setting {
             if !items.is_empty() && items.iter().all(|i| i.is_object()) {
                 let mut entries = Vec::new();
                 for (k, item) in items.iter().enumerate() {
-                    let obj = item.as_object().ok_or_else(|| Error::config(field, "expected a mapping"))?;
+                    let obj = item
+                        .as_object()
+                        .ok_or_else(|| Error::config(field, "expected a mapping"))?;
                     let f = format!("{field}[{k}]");
                     if let Some(bad) = obj.keys().find(|key| *key != "filter" && *key != "value") {
-                        return Err(Error::config(f, format!("unknown key '{bad}' (expected filter, value)")));
+                        return Err(Error::config(
+                            f,
+                            format!("unknown key '{bad}' (expected filter, value)"),
+                        ));
                     }
                     let filter = match obj.get("filter") {
                         None | Some(Value::Null) => None,
@@ -167,9 +172,15 @@ mod tests {
         let slice = ParamMap::parse("s", json!({"weight": 0.4}).as_object()).unwrap();
         let global = ParamMap::parse("g", json!({"weight": 0.1, "density": 0.5}).as_object()).unwrap();
         let scopes = [&model, &slice, &global];
-        assert_eq!(lookup(&scopes, "weight", "model.layers.0.mlp.up_proj.weight", 0.0), Some(0.9));
+        assert_eq!(
+            lookup(&scopes, "weight", "model.layers.0.mlp.up_proj.weight", 0.0),
+            Some(0.9)
+        );
         // The model's filter list does not match: the slice value applies.
-        assert_eq!(lookup(&scopes, "weight", "model.layers.0.self_attn.q_proj.weight", 0.0), Some(0.4));
+        assert_eq!(
+            lookup(&scopes, "weight", "model.layers.0.self_attn.q_proj.weight", 0.0),
+            Some(0.4)
+        );
         assert_eq!(lookup(&scopes, "density", "x", 0.0), Some(0.5));
         assert_eq!(lookup(&scopes, "gamma", "x", 0.0), None);
     }

@@ -81,10 +81,19 @@ pub fn split_layer(name: &str) -> Option<(usize, &str)> {
 fn check_names(method: Method, scope: &str, map: &ParamMap) -> Result<()> {
     for name in map.names() {
         if !method.knows_param(name) {
-            let known: Vec<_> = method.model_params().iter().chain(method.global_params()).map(|d| d.name).collect();
+            let known: Vec<_> = method
+                .model_params()
+                .iter()
+                .chain(method.global_params())
+                .map(|d| d.name)
+                .collect();
             return Err(Error::config(
                 format!("{scope}.{name}"),
-                format!("unknown parameter for merge_method {} (accepted: {})", method.name(), known.join(", ")),
+                format!(
+                    "unknown parameter for merge_method {} (accepted: {})",
+                    method.name(),
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -117,7 +126,11 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
     let global = ParamMap::parse("parameters", config.parameters.as_ref())?;
     check_names(method, "parameters", &global)?;
     let merge_dtype = config.dtype.as_deref().map(|d| Dtype::parse("dtype", d)).transpose()?;
-    let cfg_out = config.out_dtype.as_deref().map(|d| Dtype::parse("out_dtype", d)).transpose()?;
+    let cfg_out = config
+        .out_dtype
+        .as_deref()
+        .map(|d| Dtype::parse("out_dtype", d))
+        .transpose()?;
 
     // Open each distinct model once, in order of appearance.
     let mut specs: Vec<String> = Vec::new();
@@ -160,78 +173,81 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
     }
 
     let slices = build_slices(&config, method, &models, &idx_of, base)?;
-    let reference_of = |s: &Slice| {
-        s.sources
-            .iter()
-            .position(|src| Some(src.model) == base)
-            .unwrap_or(0)
-    };
+    let reference_of = |s: &Slice| s.sources.iter().position(|src| Some(src.model) == base).unwrap_or(0);
     let first = &slices[0];
     let last = &slices[slices.len() - 1];
     let reference = first.sources[reference_of(first)].model;
 
     let mut tensors = Vec::new();
     let empty = ParamMap::default();
-    let resolve = |name: &str, srcs: Vec<(usize, String, &ParamMap)>, slice_params: &ParamMap, t: f64| -> Result<TensorTask> {
-        let ref_pos = srcs.iter().position(|s| Some(s.0) == base).unwrap_or(0);
-        let (ref_model, ref_tensor) = (&models[srcs[ref_pos].0], &srcs[ref_pos].1);
-        let ref_entry = ref_model
-            .tensors
-            .get(ref_tensor)
-            .ok_or_else(|| Error::tensor(ref_tensor, format!("missing from model '{}'", ref_model.spec)))?;
-        let mut sources = Vec::new();
-        for (model, tensor, src_params) in &srcs {
-            let m = &models[*model];
-            let entry = m
+    let resolve =
+        |name: &str, srcs: Vec<(usize, String, &ParamMap)>, slice_params: &ParamMap, t: f64| -> Result<TensorTask> {
+            let ref_pos = srcs.iter().position(|s| Some(s.0) == base).unwrap_or(0);
+            let (ref_model, ref_tensor) = (&models[srcs[ref_pos].0], &srcs[ref_pos].1);
+            let ref_entry = ref_model
                 .tensors
-                .get(tensor)
-                .ok_or_else(|| Error::tensor(tensor, format!("missing from model '{}'", m.spec)))?;
-            if entry.shape != ref_entry.shape {
-                return Err(shape_error(tensor, &config, ref_model, &ref_entry.shape, m, &entry.shape));
+                .get(ref_tensor)
+                .ok_or_else(|| Error::tensor(ref_tensor, format!("missing from model '{}'", ref_model.spec)))?;
+            let mut sources = Vec::new();
+            for (model, tensor, src_params) in &srcs {
+                let m = &models[*model];
+                let entry = m
+                    .tensors
+                    .get(tensor)
+                    .ok_or_else(|| Error::tensor(tensor, format!("missing from model '{}'", m.spec)))?;
+                if entry.shape != ref_entry.shape {
+                    return Err(shape_error(
+                        tensor,
+                        &config,
+                        ref_model,
+                        &ref_entry.shape,
+                        m,
+                        &entry.shape,
+                    ));
+                }
+                let mut params = BTreeMap::new();
+                let is_base = Some(*model) == base && method.is_task_arithmetic();
+                for def in method.model_params().iter().filter(|_| !is_base) {
+                    let scopes = [*src_params, &model_scope[*model], slice_params, &global];
+                    let v = lookup(&scopes, def.name, name, t).or(def.default).ok_or_else(|| {
+                        Error::config(
+                            format!("parameters.{}", def.name),
+                            format!("required by {} but not given for model '{}'", method.name(), m.spec),
+                        )
+                    })?;
+                    check_range(def.name, v, name, &format!(" (model '{}')", m.spec))?;
+                    params.insert(def.name, v);
+                }
+                sources.push(SourceRef {
+                    model: *model,
+                    tensor: tensor.clone(),
+                    params,
+                });
             }
-            let mut params = BTreeMap::new();
-            let is_base = Some(*model) == base && method.is_task_arithmetic();
-            for def in method.model_params().iter().filter(|_| !is_base) {
-                let scopes = [*src_params, &model_scope[*model], slice_params, &global];
-                let v = lookup(&scopes, def.name, name, t).or(def.default).ok_or_else(|| {
-                    Error::config(
-                        format!("parameters.{}", def.name),
-                        format!("required by {} but not given for model '{}'", method.name(), m.spec),
-                    )
-                })?;
-                check_range(def.name, v, name, &format!(" (model '{}')", m.spec))?;
-                params.insert(def.name, v);
+            let mut globals = BTreeMap::new();
+            for def in method.global_params() {
+                let v = lookup(&[slice_params, &global], def.name, name, t)
+                    .or(def.default)
+                    .ok_or_else(|| {
+                        Error::config(
+                            format!("parameters.{}", def.name),
+                            format!("required by {} but not given", method.name()),
+                        )
+                    })?;
+                check_range(def.name, v, name, "")?;
+                globals.insert(def.name, v);
             }
-            sources.push(SourceRef {
-                model: *model,
-                tensor: tensor.clone(),
-                params,
-            });
-        }
-        let mut globals = BTreeMap::new();
-        for def in method.global_params() {
-            let v = lookup(&[slice_params, &global], def.name, name, t)
-                .or(def.default)
-                .ok_or_else(|| {
-                    Error::config(
-                        format!("parameters.{}", def.name),
-                        format!("required by {} but not given", method.name()),
-                    )
-                })?;
-            check_range(def.name, v, name, "")?;
-            globals.insert(def.name, v);
-        }
-        let md = merge_dtype.unwrap_or(ref_entry.dtype);
-        Ok(TensorTask {
-            name: name.to_string(),
-            shape: ref_entry.shape.clone(),
-            base: if method.needs_base() { Some(ref_pos) } else { None },
-            sources,
-            globals,
-            merge_dtype: md,
-            out_dtype: out_override.or(cfg_out).unwrap_or(md),
-        })
-    };
+            let md = merge_dtype.unwrap_or(ref_entry.dtype);
+            Ok(TensorTask {
+                name: name.to_string(),
+                shape: ref_entry.shape.clone(),
+                base: if method.needs_base() { Some(ref_pos) } else { None },
+                sources,
+                globals,
+                merge_dtype: md,
+                out_dtype: out_override.or(cfg_out).unwrap_or(md),
+            })
+        };
 
     // Non-layer tensors: embeddings come from the first slice's models, the rest (final norm,
     // lm_head) from the last slice's, as in mergekit. They see only top-level parameters, at t = 0.
@@ -239,7 +255,10 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
     let non_layer: Vec<&String> = ref_model.tensors.keys().filter(|n| split_layer(n).is_none()).collect();
     let (pre, post): (Vec<&String>, Vec<&String>) = non_layer.into_iter().partition(|n| n.contains("embed"));
     let whole = |s: &Slice, name: &str| -> Vec<(usize, String, &ParamMap)> {
-        s.sources.iter().map(|src| (src.model, name.to_string(), &empty)).collect()
+        s.sources
+            .iter()
+            .map(|src| (src.model, name.to_string(), &empty))
+            .collect()
     };
     for name in pre {
         tensors.push(resolve(name, whole(first, name), &empty, 0.0)?);
@@ -248,7 +267,11 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
     for slice in &slices {
         let r = &slice.sources[reference_of(slice)];
         for j in 0..slice.len {
-            let t = if slice.len > 1 { j as f64 / (slice.len - 1) as f64 } else { 1.0 };
+            let t = if slice.len > 1 {
+                j as f64 / (slice.len - 1) as f64
+            } else {
+                1.0
+            };
             let src_layer = r.start + j;
             let suffixes: Vec<&str> = models[r.model]
                 .tensors
@@ -267,7 +290,12 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
                     .iter()
                     .map(|s| (s.model, format!("model.layers.{}.{suffix}", s.start + j), &s.params))
                     .collect();
-                tensors.push(resolve(&format!("model.layers.{out_layer}.{suffix}"), srcs, &slice.params, t)?);
+                tensors.push(resolve(
+                    &format!("model.layers.{out_layer}.{suffix}"),
+                    srcs,
+                    &slice.params,
+                    t,
+                )?);
             }
             out_layer += 1;
         }
@@ -279,7 +307,10 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
     let tokenizer_model = match config.tokenizer_source.as_deref() {
         None | Some("base") => {
             if config.tokenizer_source.is_some() && base.is_none() {
-                return Err(Error::config("tokenizer_source", "'base' given but the config has no base_model"));
+                return Err(Error::config(
+                    "tokenizer_source",
+                    "'base' given but the config has no base_model",
+                ));
             }
             base.unwrap_or(reference)
         }
@@ -287,7 +318,10 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
         Some(other) => {
             let spec = other.strip_prefix("model:").unwrap_or(other);
             idx_of(spec).ok_or_else(|| {
-                Error::config("tokenizer_source", format!("'{other}' is not base, union, or one of the merged models"))
+                Error::config(
+                    "tokenizer_source",
+                    format!("'{other}' is not base, union, or one of the merged models"),
+                )
             })?
         }
     };
@@ -363,7 +397,12 @@ fn build_slices(
     } else {
         let mut sources = Vec::new();
         let mut n_layers = None;
-        let mut listed: Vec<usize> = config.models.iter().flatten().filter_map(|m| idx_of(&m.model)).collect();
+        let mut listed: Vec<usize> = config
+            .models
+            .iter()
+            .flatten()
+            .filter_map(|m| idx_of(&m.model))
+            .collect();
         if let Some(b) = base.filter(|b| method.needs_base() && !listed.contains(b)) {
             listed.push(b);
         }
@@ -410,12 +449,24 @@ fn check_source_count(method: Method, i: usize, s: &Slice, base: Option<usize>, 
     let need = |ok: bool, msg: String| if ok { Ok(()) } else { Err(Error::config(&field, msg)) };
     if method.needs_base() && !has_base {
         let spec = base.map_or("?", |b| models[b].spec.as_str());
-        return Err(Error::config(&field, format!("base_model '{spec}' must be one of the sources")));
+        return Err(Error::config(
+            &field,
+            format!("base_model '{spec}' must be one of the sources"),
+        ));
     }
     match method {
-        Method::Passthrough => need(n == 1, format!("passthrough takes exactly one source per slice, got {n}")),
-        Method::Slerp => need(n == 2, format!("slerp merges exactly two models (base and one other), got {n}")),
-        Method::ModelStock => need(n >= 3, format!("model_stock needs the base plus at least two models, got {n}")),
+        Method::Passthrough => need(
+            n == 1,
+            format!("passthrough takes exactly one source per slice, got {n}"),
+        ),
+        Method::Slerp => need(
+            n == 2,
+            format!("slerp merges exactly two models (base and one other), got {n}"),
+        ),
+        Method::ModelStock => need(
+            n >= 3,
+            format!("model_stock needs the base plus at least two models, got {n}"),
+        ),
         _ => Ok(()),
     }
 }
@@ -470,9 +521,21 @@ impl Plan {
         for (i, m) in self.models.iter().enumerate() {
             let role = if Some(i) == self.base { " (base)" } else { "" };
             let layers = m.num_layers().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-            let _ = writeln!(s, "model {i}: {}{role} -> {} ({} tensors, {layers} layers)", m.spec, m.path.display(), m.tensors.len());
+            let _ = writeln!(
+                s,
+                "model {i}: {}{role} -> {} ({} tensors, {layers} layers)",
+                m.spec,
+                m.path.display(),
+                m.tensors.len()
+            );
         }
-        let _ = writeln!(s, "output: {} tensors, {} layers, dtype {}", self.tensors.len(), self.num_layers, self.out_dtype.torch_name());
+        let _ = writeln!(
+            s,
+            "output: {} tensors, {} layers, dtype {}",
+            self.tensors.len(),
+            self.num_layers,
+            self.out_dtype.torch_name()
+        );
         let _ = writeln!(s, "tokenizer from: {}", self.models[self.tokenizer_model].spec);
         for t in &self.tensors {
             let srcs: Vec<String> = t
@@ -480,7 +543,11 @@ impl Plan {
                 .iter()
                 .map(|src| {
                     let p: Vec<String> = src.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let p = if p.is_empty() { String::new() } else { format!(" [{}]", p.join(" ")) };
+                    let p = if p.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", p.join(" "))
+                    };
                     format!("{}:{}{p}", self.models[src.model].spec, src.tensor)
                 })
                 .collect();

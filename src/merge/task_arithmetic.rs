@@ -50,7 +50,7 @@ pub fn mix(
                 let keep = match method {
                     Sparsify::Magnitude => {
                         let k = ((inp.density * n as f64) as usize).max(1);
-                        keep_ranks(name, &delta, n.saturating_sub(k), n)?
+                        keep_sorted(name, &delta, true, 0, k)?
                     }
                     Sparsify::Random => {
                         let m = masks(i, n, inp.density);
@@ -69,7 +69,7 @@ pub fn mix(
                                 0
                             }
                         };
-                        keep_ranks(name, &delta, bottom, n - top)?
+                        keep_sorted(name, &delta, false, bottom, n - top)?
                     }
                 };
                 delta = masked_rescaled(&delta, &keep, opts.rescale, p);
@@ -117,31 +117,19 @@ pub fn mix(
     Ok(out)
 }
 
-/// Keep the elements whose rank by |x| (ascending, ties broken by index) is in `lo..hi`.
-/// Selection instead of a full sort keeps this O(n) on 100M-element embeddings.
-pub fn keep_ranks(name: &str, x: &[f32], lo: usize, hi: usize) -> Result<Vec<bool>> {
-    let n = x.len();
-    if n > u32::MAX as usize {
+/// Keep the elements at positions `lo..hi` of torch's argsort of |x| (descending for TIES'
+/// top-k, ascending for breadcrumbs), reproducing mergekit's choice among tied magnitudes.
+pub fn keep_sorted(name: &str, x: &[f32], descending: bool, lo: usize, hi: usize) -> Result<Vec<bool>> {
+    if x.len() > u32::MAX as usize {
         return Err(Error::tensor(name, "too many elements for magnitude ranking (> 2^32)"));
     }
-    // |x| bit patterns order like the values; the low half breaks ties by index.
-    let key = |i: usize| ((x[i].abs().to_bits() as u64) << 32) | i as u64;
-    let mut keys: Vec<u64> = (0..n).map(key).collect();
-    let mut nth = |r: usize| -> Option<u64> {
-        if r >= n {
-            return None;
-        }
-        let (_, v, _) = keys.select_nth_unstable(r);
-        Some(*v)
-    };
-    let lo_key = nth(lo);
-    let hi_key = nth(hi);
-    Ok((0..n)
-        .map(|i| {
-            let k = key(i);
-            lo_key.is_some_and(|l| k >= l) && hi_key.is_none_or(|h| k < h)
-        })
-        .collect())
+    let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let order = super::torch_sort::argsort(&mags, descending);
+    let mut keep = vec![false; x.len()];
+    for &i in order.get(lo..hi.min(order.len())).unwrap_or(&[]) {
+        keep[i as usize] = true;
+    }
+    Ok(keep)
 }
 
 /// Zero the dropped elements; with `rescale`, scale the survivors so the L1 norm matches the
@@ -194,11 +182,27 @@ mod tests {
         let base = [1.0f32, 1.0];
         let a = [2.0f32, 0.0];
         let b = [1.5f32, 3.0];
-        let out = mix("t", &base, &[input(&a, 1.0, 1.0), input(&b, 2.0, 1.0)], &opts(None, false, false), &mut no_masks())
-            .unwrap();
+        let out = mix(
+            "t",
+            &base,
+            &[input(&a, 1.0, 1.0), input(&b, 2.0, 1.0)],
+            &opts(None, false, false),
+            &mut no_masks(),
+        )
+        .unwrap();
         assert_eq!(out, vec![1.0 + 1.0 + 1.0, 1.0 - 1.0 + 4.0]);
-        let lam = MixOptions { lambda: 0.5, ..opts(None, false, true) };
-        let out = mix("t", &base, &[input(&a, 1.0, 1.0), input(&b, 1.0, 1.0)], &lam, &mut no_masks()).unwrap();
+        let lam = MixOptions {
+            lambda: 0.5,
+            ..opts(None, false, true)
+        };
+        let out = mix(
+            "t",
+            &base,
+            &[input(&a, 1.0, 1.0), input(&b, 1.0, 1.0)],
+            &lam,
+            &mut no_masks(),
+        )
+        .unwrap();
         assert_eq!(out, vec![1.0 + 0.5 * 0.75, 1.0 + 0.5 * 0.5]);
     }
 
@@ -208,25 +212,42 @@ mod tests {
         let a = [3.0f32, -1.0, 0.5, 2.0];
         let b = [1.0f32, 2.0, -4.0, -1.0];
         // density 0.5: a keeps {3, 2}, b keeps {2, -4}.
-        let out = mix("t", &base, &[input(&a, 1.0, 0.5), input(&b, 1.0, 0.5)], &opts(Some(Sparsify::Magnitude), true, true), &mut no_masks())
-            .unwrap();
+        let out = mix(
+            "t",
+            &base,
+            &[input(&a, 1.0, 0.5), input(&b, 1.0, 0.5)],
+            &opts(Some(Sparsify::Magnitude), true, true),
+            &mut no_masks(),
+        )
+        .unwrap();
         // e0: only a (3); e1: only b (2); e2: only b (-4); e3: a (2) alone.
         assert_eq!(out, vec![3.0, 2.0, -4.0, 2.0]);
         // Conflicting signs: the majority (by summed mass) wins, the minority is dropped.
         let c = [5.0f32];
         let d = [-2.0f32];
-        let out = mix("t", &[0.0], &[input(&c, 1.0, 1.0), input(&d, 1.0, 1.0)], &opts(Some(Sparsify::Magnitude), true, true), &mut no_masks())
-            .unwrap();
+        let out = mix(
+            "t",
+            &[0.0],
+            &[input(&c, 1.0, 1.0), input(&d, 1.0, 1.0)],
+            &opts(Some(Sparsify::Magnitude), true, true),
+            &mut no_masks(),
+        )
+        .unwrap();
         assert_eq!(out, vec![5.0]);
     }
 
     #[test]
-    fn keep_ranks_selects_top_k_with_index_tiebreak() {
-        let x = [0.1f32, -0.5, 0.3, 0.5, 0.0];
-        assert_eq!(keep_ranks("t", &x, 3, 5).unwrap(), vec![false, true, false, true, false]);
-        // Ranks 1..4 drop the smallest (0.0) and the largest tie member by index (index 3).
-        assert_eq!(keep_ranks("t", &x, 1, 4).unwrap(), vec![true, true, true, false, false]);
-        assert_eq!(keep_ranks("t", &x, 0, 5).unwrap(), vec![true; 5]);
+    fn keep_sorted_selects_by_magnitude() {
+        let x = [0.1f32, -0.7, 0.3, 0.5, 0.0];
+        assert_eq!(
+            keep_sorted("t", &x, true, 0, 2).unwrap(),
+            vec![false, true, false, true, false]
+        );
+        assert_eq!(
+            keep_sorted("t", &x, false, 1, 4).unwrap(),
+            vec![true, false, true, true, false]
+        );
+        assert_eq!(keep_sorted("t", &x, false, 0, 9).unwrap(), vec![true; 5]);
     }
 
     #[test]
@@ -234,7 +255,10 @@ mod tests {
         let base = [0.0f32; 4];
         let a = [1.0f32, 1.0, 2.0, 4.0];
         let mut first_two = |_: usize, n: usize, _: f64| (0..n).map(|i| i < 2).collect::<Vec<_>>();
-        let o = MixOptions { rescale: true, ..opts(Some(Sparsify::Random), false, false) };
+        let o = MixOptions {
+            rescale: true,
+            ..opts(Some(Sparsify::Random), false, false)
+        };
         let out = mix("t", &base, &[input(&a, 1.0, 0.5)], &o, &mut first_two).unwrap();
         // L1 before 8, after 2 -> x4.
         assert_eq!(out, vec![4.0, 4.0, 0.0, 0.0]);
@@ -244,8 +268,20 @@ mod tests {
     fn breadcrumbs_drops_outliers_and_small() {
         let base = [0.0f32; 10];
         let a: Vec<f32> = (1..=10).map(|v| v as f32).collect();
-        let inp = TaskInput { values: &a, weight: 1.0, density: 0.5, gamma: 0.1 };
-        let out = mix("t", &base, &[inp], &opts(Some(Sparsify::MagnitudeOutliers), false, false), &mut no_masks()).unwrap();
+        let inp = TaskInput {
+            values: &a,
+            weight: 1.0,
+            density: 0.5,
+            gamma: 0.1,
+        };
+        let out = mix(
+            "t",
+            &base,
+            &[inp],
+            &opts(Some(Sparsify::MagnitudeOutliers), false, false),
+            &mut no_masks(),
+        )
+        .unwrap();
         // Keep 5 of 10: drop the top 1 (10) and the 4 smallest (1..4).
         assert_eq!(out, vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0]);
     }
@@ -255,7 +291,10 @@ mod tests {
         let p = Dtype::BF16;
         let base = [p.round(0.0123)];
         let a = [p.round(0.0171)];
-        let o = MixOptions { dtype: p, ..opts(None, false, false) };
+        let o = MixOptions {
+            dtype: p,
+            ..opts(None, false, false)
+        };
         let out = mix("t", &base, &[input(&a, 0.3, 1.0)], &o, &mut no_masks()).unwrap();
         let delta = p.round(a[0] - base[0]);
         let expect = p.round(base[0] + p.round(delta * p.round(0.3)));

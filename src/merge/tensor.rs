@@ -70,8 +70,11 @@ impl Dtype {
 
     /// Decode little-endian raw tensor bytes into f32 (exact for every supported dtype).
     pub fn decode(self, name: &str, bytes: &[u8]) -> Result<Vec<f32>> {
-        if bytes.len() % self.size() != 0 {
-            return Err(Error::tensor(name, format!("byte length {} is not a multiple of {}", bytes.len(), self.size())));
+        if !bytes.len().is_multiple_of(self.size()) {
+            return Err(Error::tensor(
+                name,
+                format!("byte length {} is not a multiple of {}", bytes.len(), self.size()),
+            ));
         }
         Ok(match self {
             Dtype::F32 => bytes

@@ -96,7 +96,7 @@ impl ShardWriter {
             let mut hbytes = serde_json::to_vec(&serde_json::Value::Object(header))
                 .map_err(|e| Error::msg(format!("serializing safetensors header: {e}")))?;
             // Pad the header so the data section starts 8-byte aligned, as the reference writer does.
-            while hbytes.len() % 8 != 0 {
+            while !hbytes.len().is_multiple_of(8) {
                 hbytes.push(b' ');
             }
             let data_start = 8 + hbytes.len() as u64;
@@ -152,12 +152,18 @@ impl ShardWriter {
         }
         let shard = &self.shards[slot.shard];
         {
-            let mut f = shard.file.lock().map_err(|_| Error::msg("output writer lock poisoned"))?;
+            let mut f = shard
+                .file
+                .lock()
+                .map_err(|_| Error::msg("output writer lock poisoned"))?;
             f.seek(SeekFrom::Start(slot.offset))
                 .and_then(|_| f.write_all(bytes))
                 .map_err(|e| Error::io(&shard.tmp_path, e))?;
         }
-        let mut w = self.written.lock().map_err(|_| Error::msg("output writer lock poisoned"))?;
+        let mut w = self
+            .written
+            .lock()
+            .map_err(|_| Error::msg("output writer lock poisoned"))?;
         w[index] = true;
         Ok(())
     }
@@ -166,7 +172,10 @@ impl ShardWriter {
     /// there is more than one shard. Returns the file names written.
     pub fn finish(self, dir: &Path) -> Result<Vec<String>> {
         let missing = {
-            let written = self.written.lock().map_err(|_| Error::msg("output writer lock poisoned"))?;
+            let written = self
+                .written
+                .lock()
+                .map_err(|_| Error::msg("output writer lock poisoned"))?;
             written.iter().position(|w| !w)
         };
         if let Some(i) = missing {
@@ -223,11 +232,19 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "KIB" => 1024.0,
         "MIB" => 1024.0 * 1024.0,
         "GIB" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(Error::invalid("--shard-size", format!("unknown unit '{other}' in '{s}'"))),
+        other => {
+            return Err(Error::invalid(
+                "--shard-size",
+                format!("unknown unit '{other}' in '{s}'"),
+            ))
+        }
     };
     let bytes = v * mult;
     if !(bytes >= 1.0 && bytes.is_finite()) {
-        return Err(Error::invalid("--shard-size", format!("'{s}' must be at least one byte")));
+        return Err(Error::invalid(
+            "--shard-size",
+            format!("'{s}' must be at least one byte"),
+        ));
     }
     Ok(bytes as u64)
 }
@@ -267,8 +284,19 @@ mod tests {
         let ts = vec![spec("a", 2), spec("b", 3)];
         let w = ShardWriter::create(dir.path(), &ts, 8).unwrap();
         // Out of order, as parallel workers would.
-        w.write(1, &[1.0f32, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).unwrap();
-        w.write(0, &[5.0f32, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).unwrap();
+        w.write(
+            1,
+            &[1.0f32, 2.0, 3.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        w.write(
+            0,
+            &[5.0f32, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let files = w.finish(dir.path()).unwrap();
         assert_eq!(files.len(), 3);
         let bytes = std::fs::read(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
