@@ -145,8 +145,10 @@ fn write_all(plan: &plan::Plan, yaml: &str, opts: &MergeOptions, seed: u64, dir:
         .collect();
     let w = writer::ShardWriter::create(dir, &specs, opts.shard_size)?;
     let bar = progress_bar(plan.total_bytes(), opts.progress);
+    let gate = MemoryGate::new(plan.tensors.iter().map(working_bytes).max().unwrap_or(0) * 2);
     let work = || {
         plan.tensors.par_iter().enumerate().try_for_each(|(i, task)| {
+            let _permit = gate.acquire(working_bytes(task))?;
             let values = execute::compute(plan, task, seed)?;
             w.write(i, &task.out_dtype.encode(&values))?;
             bar.inc(task.out_bytes());
@@ -176,6 +178,56 @@ fn write_all(plan: &plan::Plan, yaml: &str, opts: &MergeOptions, seed: u64, dir:
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "merged model".into());
     output::write_model_card(plan, yaml, &title, dir)
+}
+
+/// Rough peak working memory of merging one tensor: f32 copies of every input, the deltas and
+/// output, plus the sort buffers of the magnitude-based methods.
+fn working_bytes(task: &plan::TensorTask) -> u64 {
+    (task.numel() * (4 * (task.sources.len() + 3) + 16)) as u64
+}
+
+/// Caps the memory of tensors in flight: threads merge small tensors freely, but wait before
+/// starting a large one while others hold the budget, keeping peak RSS a small multiple of the
+/// largest tensor whatever `--threads` is.
+struct MemoryGate {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    budget: u64,
+}
+
+struct Permit<'a> {
+    gate: &'a MemoryGate,
+    bytes: u64,
+}
+
+impl MemoryGate {
+    fn new(budget: u64) -> Self {
+        MemoryGate {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            budget: budget.max(1),
+        }
+    }
+
+    fn acquire(&self, bytes: u64) -> Result<Permit<'_>> {
+        let bytes = bytes.min(self.budget);
+        let poisoned = |_| Error::msg("memory gate lock poisoned");
+        let mut used = self.used.lock().map_err(poisoned)?;
+        while *used > 0 && *used + bytes > self.budget {
+            used = self.freed.wait(used).map_err(poisoned)?;
+        }
+        *used += bytes;
+        Ok(Permit { gate: self, bytes })
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut used) = self.gate.used.lock() {
+            *used -= self.bytes;
+        }
+        self.gate.freed.notify_all();
+    }
 }
 
 fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
