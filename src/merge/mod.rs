@@ -145,7 +145,7 @@ fn write_all(plan: &plan::Plan, yaml: &str, opts: &MergeOptions, seed: u64, dir:
         .collect();
     let w = writer::ShardWriter::create(dir, &specs, opts.shard_size)?;
     let bar = progress_bar(plan.total_bytes(), opts.progress);
-    let gate = MemoryGate::new(plan.tensors.iter().map(working_bytes).max().unwrap_or(0) * 2);
+    let gate = MemoryGate::new(plan.tensors.iter().map(working_bytes).max().unwrap_or(0));
     let work = || {
         plan.tensors.par_iter().enumerate().try_for_each(|(i, task)| {
             let _permit = gate.acquire(working_bytes(task))?;
@@ -183,7 +183,7 @@ fn write_all(plan: &plan::Plan, yaml: &str, opts: &MergeOptions, seed: u64, dir:
 /// Rough peak working memory of merging one tensor: f32 copies of every input, the deltas and
 /// output, plus the sort buffers of the magnitude-based methods.
 fn working_bytes(task: &plan::TensorTask) -> u64 {
-    (task.numel() * (4 * (task.sources.len() + 3) + 16)) as u64
+    (task.numel() * (4 * (task.sources.len() + 2) + 9)) as u64
 }
 
 /// Caps the memory of tensors in flight: threads merge small tensors freely, but wait before

@@ -123,10 +123,16 @@ pub fn keep_sorted(name: &str, x: &[f32], descending: bool, lo: usize, hi: usize
     if x.len() > u32::MAX as usize {
         return Err(Error::tensor(name, "too many elements for magnitude ranking (> 2^32)"));
     }
-    let mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    let order = super::torch_sort::argsort(&mags, descending);
+    // Sort (|x|, index) pairs in place rather than materialising magnitudes and an index array:
+    // 8 bytes per element is the largest transient buffer of a TIES merge.
+    let mut pairs: Vec<(f32, u32)> = x.iter().enumerate().map(|(i, v)| (v.abs(), i as u32)).collect();
+    if descending {
+        super::torch_sort::std_sort(&mut pairs, &|a: &(f32, u32), b: &(f32, u32)| a.0 > b.0);
+    } else {
+        super::torch_sort::std_sort(&mut pairs, &|a: &(f32, u32), b: &(f32, u32)| a.0 < b.0);
+    }
     let mut keep = vec![false; x.len()];
-    for &i in order.get(lo..hi.min(order.len())).unwrap_or(&[]) {
+    for &(_, i) in pairs.get(lo..hi.min(pairs.len())).unwrap_or(&[]) {
         keep[i as usize] = true;
     }
     Ok(keep)
