@@ -5,25 +5,31 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Where a model spec from the YAML lives on disk. An existing path (absolute, relative to the
-/// working directory, or relative to the config file's folder) is used as is.
+/// Where a model spec lives on disk: an existing local folder is used as is.
 ///
-/// This is the seam for Hub ids: resolving `org/name` through the Hub cache belongs here.
-pub fn resolve_model(spec: &str, config_dir: Option<&Path>) -> Result<PathBuf> {
+/// This is the seam for Hugging Face Hub ids: resolving `org/name` through the Hub cache belongs
+/// here (anything that is not a local folder currently fails with a clear error).
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
     if p.is_dir() {
         return Ok(p);
-    }
-    if let Some(dir) = config_dir.filter(|_| p.is_relative()) {
-        let q = dir.join(&p);
-        if q.is_dir() {
-            return Ok(q);
-        }
     }
     Err(Error::config(
         "model",
         format!("model '{spec}' not found: no such local folder (Hugging Face Hub ids are not resolved here yet)"),
     ))
+}
+
+/// Like [`resolve_model`], but a relative path that does not exist from the working directory is
+/// also tried relative to the config file's folder, so configs can sit next to their models.
+pub fn locate_model(spec: &str, config_dir: Option<&Path>) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if !p.is_dir() && p.is_relative() {
+        if let Some(q) = config_dir.map(|d| d.join(p)).filter(|q| q.is_dir()) {
+            return Ok(q);
+        }
+    }
+    resolve_model(spec)
 }
 
 /// Location of one tensor inside a memory-mapped shard.
@@ -48,7 +54,7 @@ pub struct InputModel {
 
 impl InputModel {
     pub fn open(spec: &str, config_dir: Option<&Path>) -> Result<InputModel> {
-        let path = resolve_model(spec, config_dir)?;
+        let path = locate_model(spec, config_dir)?;
         let cfg_path = path.join("config.json");
         let config: serde_json::Value = serde_json::from_str(&crate::fsutil::read_to_string(&cfg_path)?)
             .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
@@ -164,4 +170,32 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         dir,
         "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_local_folders_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("m")).unwrap();
+        assert_eq!(
+            resolve_model(dir.path().join("m").to_str().unwrap()).unwrap(),
+            dir.path().join("m")
+        );
+        assert_eq!(locate_model("m", Some(dir.path())).unwrap(), dir.path().join("m"));
+        let e = resolve_model("BioMistral/BioMistral-7B-surely-not-local")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BioMistral-7B-surely-not-local") && e.contains("not found"),
+            "{e}"
+        );
+        let e = InputModel::open(dir.path().join("m").to_str().unwrap(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
+    }
 }

@@ -51,7 +51,7 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tensor::Dtype;
 
-pub use input::resolve_model;
+pub use input::{locate_model, resolve_model};
 
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -152,6 +152,7 @@ fn write_all(plan: &plan::Plan, yaml: &str, opts: &MergeOptions, seed: u64, dir:
             let values = execute::compute(plan, task, seed)?;
             w.write(i, &task.out_dtype.encode(&values))?;
             bar.inc(task.out_bytes());
+            bar.set_message(task.name.clone());
             Ok::<_, Error>(())
         })
     };
@@ -236,7 +237,7 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "merging [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        "merging [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
     ) {
         bar.set_style(style);
     }
