@@ -550,3 +550,25 @@ fn cli_merge_dry_run() {
     assert!(out.join("model.safetensors.index.json").is_file());
     assert_eq!(config_dtype(&out), "bfloat16");
 }
+
+#[test]
+fn plan_resolves_gradients_filters_and_precedence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = "slices:\n  - sources:\n      - model: MODELS/base\n        layer_range: [0, 4]\n      - model: MODELS/bio\n        layer_range: [0, 4]\n        parameters:\n          weight:\n            - filter: mlp\n              value: 0.9\n    parameters:\n      normalize: false\nmerge_method: linear\nparameters:\n  weight: [0.2, 0.8]\n  normalize: true\ndtype: float32\n";
+    let cfg = write_config(tmp.path(), yaml);
+    let (plan, _) = merge::load_plan(&cfg, None).unwrap();
+    let task = |n: &str| plan.tensors.iter().find(|t| t.name == n).unwrap();
+    let w = |n: &str, src: usize| task(n).sources[src].params["weight"];
+    assert!((w("model.layers.0.self_attn.q_proj.weight", 0) - 0.2).abs() < 1e-12);
+    assert!((w("model.layers.1.self_attn.q_proj.weight", 0) - 0.4).abs() < 1e-12);
+    assert!((w("model.layers.3.self_attn.q_proj.weight", 1) - 0.8).abs() < 1e-12);
+    // The source's filtered value wins for mlp tensors and falls through elsewhere.
+    assert_eq!(w("model.layers.2.mlp.up_proj.weight", 1), 0.9);
+    assert!((w("model.layers.2.mlp.up_proj.weight", 0) - 0.6).abs() < 1e-12);
+    // Slice parameters beat top-level ones inside the slice; outside the layers only top level applies (t = 0).
+    assert_eq!(task("model.layers.0.mlp.up_proj.weight").globals["normalize"], 0.0);
+    assert_eq!(task("lm_head.weight").globals["normalize"], 1.0);
+    assert!((w("model.embed_tokens.weight", 1) - 0.2).abs() < 1e-12);
+    assert_eq!(plan.num_layers, 4);
+    assert_eq!(plan.out_dtype, Dtype::F32);
+}

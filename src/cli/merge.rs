@@ -1,6 +1,7 @@
 //! `biomistral merge CONFIG.yml --out DIR`: merge models from a mergekit YAML config.
 use anyhow::Context;
 use biomistral::merge::{self, tensor::Dtype, writer::parse_size, MergeOptions};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -40,18 +41,22 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     opts.dry_run = args.dry_run;
     opts.progress = true;
     let report = merge::run_merge(&opts).with_context(|| format!("merging {}", args.config.display()))?;
-    if args.dry_run {
-        print!("{}", report.plan);
-        println!("dry run: config is valid; nothing written");
+    let text = if args.dry_run {
+        format!("{}dry run: config is valid; nothing written\n", report.plan)
     } else {
-        println!(
-            "merged {} tensors ({:.1} MB, seed {}) into {}: {}",
+        format!(
+            "merged {} tensors ({:.1} MB, seed {}) into {}: {}\n",
             report.tensors,
             report.bytes as f64 / 1e6,
             report.seed,
             args.out.display(),
             report.files.join(", ")
-        );
+        )
+    };
+    // A closed pipe (`... --dry-run | head`) is not an error worth a panic or a failure.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     Ok(())
 }
