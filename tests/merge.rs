@@ -572,3 +572,35 @@ fn plan_resolves_gradients_filters_and_precedence() {
     assert_eq!(plan.num_layers, 4);
     assert_eq!(plan.out_dtype, Dtype::F32);
 }
+
+#[test]
+fn sharded_f32_output_reads_back_as_input() {
+    // Write the linear merge as f32 shards, then read that sharded folder back through a merge.
+    let tmp = tempfile::tempdir().unwrap();
+    let sharded = tmp.path().join("sharded");
+    let mut o = MergeOptions::new(fixtures().join("01_linear.yaml"), &sharded);
+    o.shard_size = 150_000;
+    o.copy_tokenizer = true;
+    merge::run_merge(&o).unwrap();
+    assert!(sharded.join("model.safetensors.index.json").is_file());
+    let cfg = tmp.path().join("again.yml");
+    let s = sharded.to_str().unwrap();
+    std::fs::write(
+        &cfg,
+        format!("models:\n  - model: {s}\n    parameters: {{weight: 2.0}}\nmerge_method: linear\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("again");
+    let mut o = MergeOptions::new(&cfg, &out);
+    o.dtype = Some(Dtype::F16);
+    merge::run_merge(&o).unwrap();
+    let first = load(&sharded);
+    let second = load(&out);
+    assert_eq!(config_dtype(&out), "float16");
+    for (k, t) in &first {
+        assert_eq!(second[k].dtype, Dtype::F16);
+        for (a, b) in second[k].data.iter().zip(&t.data) {
+            assert_eq!(*a, Dtype::F16.round(*b), "{k}");
+        }
+    }
+}
