@@ -462,6 +462,10 @@ fn bad_configs_fail_clearly_and_write_nothing() {
         &["bogus"],
     );
     assert_fails("merge_method: linear\nmodels: [", &["merge.yml"]);
+    assert_fails(
+        "merge_method: linear\nmodels:\n  - model: MODELS/bio\n    parameters: {weight: 1}\n  - model: MODELS/bio\n    parameters: {weight: 2}\n",
+        &["models[1].model", "twice"],
+    );
 }
 
 #[test]

@@ -163,7 +163,15 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
 
     // Per-model parameters given in the `models:` list.
     let mut model_scope: Vec<ParamMap> = vec![ParamMap::default(); models.len()];
+    let mut seen = Vec::new();
     for (k, m) in config.models.iter().flatten().enumerate() {
+        if seen.contains(&&m.model) {
+            return Err(Error::config(
+                format!("models[{k}].model"),
+                format!("'{}' is listed twice", m.model),
+            ));
+        }
+        seen.push(&m.model);
         let scope = format!("models[{k}].parameters");
         let map = ParamMap::parse(&scope, m.parameters.as_ref())?;
         check_names(method, &scope, &map)?;
@@ -361,6 +369,12 @@ fn build_slices(
             for (k, src) in s.sources.iter().enumerate() {
                 let field = format!("slices[{i}].sources[{k}]");
                 let model = idx_of(&src.model).ok_or_else(|| Error::config(&field, "model not loaded"))?;
+                if sources.iter().any(|s: &Src| s.model == model) {
+                    return Err(Error::config(
+                        format!("{field}.model"),
+                        format!("'{}' appears twice in this slice", src.model),
+                    ));
+                }
                 let n = models[model].num_layers()?;
                 let [a, b] = src
                     .layer_range
