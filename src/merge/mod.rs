@@ -41,6 +41,7 @@ pub mod methods;
 pub mod output;
 pub mod params;
 pub mod plan;
+mod slices;
 pub mod task_arithmetic;
 pub mod tensor;
 pub mod torch_sort;
