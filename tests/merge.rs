@@ -192,6 +192,30 @@ fn dare_ties_is_reproducible_and_matches_reference_statistics() {
             (ratio - ref_ratio).abs() <= tol,
             "{k}: norm ratio {ratio} vs {ref_ratio}"
         );
+        // The L1 rescale factor implied by the kept elements (~1/density on large tensors).
+        let delta: Vec<f32> = bio[k].data.iter().zip(&base[k].data).map(|(a, b)| a - b).collect();
+        let moved: f64 = t
+            .data
+            .iter()
+            .zip(&base[k].data)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum();
+        let kept: f64 = t
+            .data
+            .iter()
+            .zip(&base[k].data)
+            .zip(&delta)
+            .filter(|((a, b), _)| a != b)
+            .map(|(_, d)| d.abs() as f64)
+            .sum();
+        let factor = moved / (0.5 * kept);
+        let ref_factor = s["l1_rescale_factor_from_kept_mask"].as_f64().unwrap();
+        // Both draws vary (sd of the factor ~2.4/sqrt(n) each): allow ~3.5 sigma of their difference.
+        let tol = 12.0 / n.sqrt() + 0.02;
+        assert!(
+            (factor - ref_factor).abs() <= tol,
+            "{k}: L1 rescale {factor} vs {ref_factor}"
+        );
         frac_sum += frac;
         ratio_sum += ratio;
     }
