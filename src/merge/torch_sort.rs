@@ -69,13 +69,16 @@ fn partition_pivot<T: Copy, C: Fn(&T, &T) -> bool>(a: &mut [T], first: usize, la
     };
     a.swap(first, pick);
     // Unguarded Hoare partition of [first+1, last) around the pivot at `first`.
+    // The pivot never moves during the partition (swaps only touch positions > first), so a copy
+    // compares the same and keeps the hot loops free of a second load.
+    let pivot = a[first];
     let (mut lo, mut hi) = (first + 1, last);
     loop {
-        while comp(&a[lo], &a[first]) {
+        while comp(&a[lo], &pivot) {
             lo += 1;
         }
         hi -= 1;
-        while comp(&a[first], &a[hi]) {
+        while comp(&pivot, &a[hi]) {
             hi -= 1;
         }
         if lo >= hi {
