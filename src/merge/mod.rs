@@ -11,7 +11,7 @@
 //!   Filtered lists are scanned in order; the first entry whose `filter` is a substring of the
 //!   tensor name (or absent / `*`) applies; if none does, lookup falls through to the next scope.
 //!   Gradients are interpolated at `t = j/(L-1)` over a slice of `L` layers; tensors outside the
-//!   layers (embeddings, final norm, lm_head) are evaluated at `t = 0` with top-level parameters only.
+//!   layers (embeddings, final norm, lm_head) are evaluated at `t = 0` without slice or slice-source parameters.
 //! * Defaults: linear normalize=true; task_arithmetic normalize=false; ties normalize=true,
 //!   rescale=false; dare_* normalize=false, rescale=true; breadcrumbs* normalize=false,
 //!   rescale=false, gamma=0.01; lambda=1.

@@ -246,7 +246,7 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
         };
 
     // Non-layer tensors: embeddings come from the first slice's models, the rest (final norm,
-    // lm_head) from the last slice's, as in mergekit. They see only top-level parameters, at t = 0.
+    // lm_head) from the last slice's, as in mergekit. They see `models:` and top-level parameters (no slice scopes), at t = 0.
     let ref_model = &models[reference];
     let non_layer: Vec<&String> = ref_model.tensors.keys().filter(|n| split_layer(n).is_none()).collect();
     let (pre, post): (Vec<&String>, Vec<&String>) = non_layer.into_iter().partition(|n| n.contains("embed"));
