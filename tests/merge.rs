@@ -487,6 +487,10 @@ fn bad_configs_fail_clearly_and_write_nothing() {
     );
     assert_fails("merge_method: linear\nmodels: [", &["merge.yml"]);
     assert_fails(
+        "merge_method: linear\nmodels:\n  - model: MODELS/bio\n    parameters: {weight: 1}\n  - model: MODELS/other\n    parameters: {weight: -1}\n",
+        &["parameters.weight", "sum to zero", "model.embed_tokens.weight"],
+    );
+    assert_fails(
         "merge_method: linear\nmodels:\n  - model: MODELS/bio\n    parameters: {weight: 1}\n  - model: MODELS/bio\n    parameters: {weight: 2}\n",
         &["models[1].model", "twice"],
     );

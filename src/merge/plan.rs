@@ -233,6 +233,15 @@ pub fn build(config: MergeConfig, config_dir: Option<&Path>, out_override: Optio
                 check_range(def.name, v, name, "")?;
                 globals.insert(def.name, v);
             }
+            if method == Method::Linear && globals.get("normalize").is_some_and(|n| *n != 0.0) {
+                let total: f64 = sources.iter().filter_map(|s| s.params.get("weight")).sum();
+                if total.abs() < 1e-8 {
+                    return Err(Error::config(
+                        "parameters.weight",
+                        format!("weights sum to zero for tensor '{name}' and normalize is on (set normalize: false?)"),
+                    ));
+                }
+            }
             let md = merge_dtype.unwrap_or(ref_entry.dtype);
             Ok(TensorTask {
                 name: name.to_string(),
