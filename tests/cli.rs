@@ -157,9 +157,17 @@ fn chat_session_over_stdin_with_reset_and_exit() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What is insulin?\n/reset\nAnd glucagon?\n/exit\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is insulin?\n/reset\nAnd glucagon?\n/exit\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{e}");
     assert!(e.contains("research tool") && e.contains("conversation cleared"), "{e}");
     assert_eq!(o.matches("> ").count(), 4, "{o}");

@@ -8,8 +8,8 @@ mod convert;
 mod generate;
 mod init_random;
 mod inspect;
-mod perplexity;
 mod merge;
+mod perplexity;
 mod score;
 
 #[derive(Parser)]

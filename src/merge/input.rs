@@ -18,7 +18,10 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
         return crate::source::hub::resolve(spec)
             .map_err(|e| Error::config("model", format!("model '{spec}' not found locally; hub: {e}")));
     }
-    Err(Error::config("model", format!("model '{spec}' not found: no such local folder or hub id")))
+    Err(Error::config(
+        "model",
+        format!("model '{spec}' not found: no such local folder or hub id"),
+    ))
 }
 
 /// Like [`resolve_model`], but a relative path that does not exist from the working directory is
@@ -178,7 +181,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolves_local_folders_only() {
+    fn resolves_local_folders() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("m")).unwrap();
         assert_eq!(
@@ -186,7 +189,8 @@ mod tests {
             dir.path().join("m")
         );
         assert_eq!(locate_model("m", Some(dir.path())).unwrap(), dir.path().join("m"));
-        let e = resolve_model("BioMistral/BioMistral-7B-surely-not-local")
+        // (A hub-id-shaped spec would query the hub; a path that is not one stays local.)
+        let e = resolve_model("./models/BioMistral-7B-surely-not-local")
             .unwrap_err()
             .to_string();
         assert!(
