@@ -6,6 +6,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod scoring;
+pub mod serve;
 pub mod source;
 
 pub use error::{Error, Result};
