@@ -121,7 +121,10 @@ impl KvCache {
                 if n >= s {
                     *l = None;
                 } else {
-                    *l = Some((k.narrow(2, n, s - n)?.contiguous()?, v.narrow(2, n, s - n)?.contiguous()?));
+                    *l = Some((
+                        k.narrow(2, n, s - n)?.contiguous()?,
+                        v.narrow(2, n, s - n)?.contiguous()?,
+                    ));
                 }
             }
         }

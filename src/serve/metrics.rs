@@ -74,7 +74,10 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE biomistral_requests_total counter");
         if let Ok(m) = self.requests.lock() {
             for ((route, status), n) in m.iter() {
-                let _ = writeln!(o, "biomistral_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+                let _ = writeln!(
+                    o,
+                    "biomistral_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
             }
         }
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -118,7 +121,12 @@ impl Metrics {
             let _ = writeln!(o, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
         }
         if let Ok(s) = self.decode.lock() {
-            counter(&mut o, "biomistral_decode_steps_total", "Batched decode steps.", s.steps);
+            counter(
+                &mut o,
+                "biomistral_decode_steps_total",
+                "Batched decode steps.",
+                s.steps,
+            );
             gauge(
                 &mut o,
                 "biomistral_decode_seconds_total",

@@ -69,12 +69,18 @@ pub struct Limits<'a> {
 pub fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let s = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::bad(
-            format!("The request body is not valid UTF-8 (invalid byte at offset {}).", e.valid_up_to()),
+            format!(
+                "The request body is not valid UTF-8 (invalid byte at offset {}).",
+                e.valid_up_to()
+            ),
             None,
         )
     })?;
     if s.trim().is_empty() {
-        return Err(ApiError::bad("The request body is empty; expected a JSON object.", None));
+        return Err(ApiError::bad(
+            "The request body is empty; expected a JSON object.",
+            None,
+        ));
     }
     match serde_json::from_str::<Value>(s) {
         Ok(Value::Object(o)) => Ok(o),
@@ -92,7 +98,10 @@ fn type_err(param: &str, want: &str, got: &Value) -> ApiError {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    ApiError::bad(format!("Invalid type for '{param}': expected {want}, got {got}."), Some(param))
+    ApiError::bad(
+        format!("Invalid type for '{param}': expected {want}, got {got}."),
+        Some(param),
+    )
 }
 
 /// A present, non-null field.
@@ -335,7 +344,10 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
     let role = match field(o, "role") {
         Some(Value::String(r)) if !r.is_empty() => r.clone(),
         Some(Value::String(_)) | None => {
-            return Err(ApiError::bad(format!("'{p}.role' is required."), Some(&format!("{p}.role"))))
+            return Err(ApiError::bad(
+                format!("'{p}.role' is required."),
+                Some(&format!("{p}.role")),
+            ))
         }
         Some(v) => return Err(type_err(&format!("{p}.role"), "a string", v)),
     };
@@ -519,15 +531,20 @@ mod tests {
     fn chat_validation() {
         let e = ChatRequest::parse(&obj(r#"{"messages": []}"#), &lim()).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = ChatRequest::parse(&obj(r#"{"model": "x", "messages": [{"role":"user","content":"hi"}]}"#), &lim())
-            .unwrap_err();
+        let e = ChatRequest::parse(
+            &obj(r#"{"model": "x", "messages": [{"role":"user","content":"hi"}]}"#),
+            &lim(),
+        )
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
-        let e =
-            ChatRequest::parse(&obj(r#"{"max_tokens": -1, "messages": [{"role":"user","content":"hi"}]}"#), &lim())
-                .unwrap_err();
+        let e = ChatRequest::parse(
+            &obj(r#"{"max_tokens": -1, "messages": [{"role":"user","content":"hi"}]}"#),
+            &lim(),
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let e = ChatRequest::parse(&obj(r#"{"temperature": "hot", "messages": [{"role":"user"}]}"#), &lim())
-            .unwrap_err();
+        let e =
+            ChatRequest::parse(&obj(r#"{"temperature": "hot", "messages": [{"role":"user"}]}"#), &lim()).unwrap_err();
         assert!(e.message.contains("expected a number, got a string"));
         let r = ChatRequest::parse(
             &obj(r#"{"model":"m","logprobs":true,"top_logprobs":3,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#),

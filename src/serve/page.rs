@@ -8,7 +8,10 @@ const SCRIPT: &str = include_str!("static/app.js");
 const STYLE: &str = include_str!("static/style.css");
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub async fn index() -> Html<String> {

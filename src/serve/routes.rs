@@ -305,7 +305,11 @@ async fn chat(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Resp
     }
     let mut choices = Vec::new();
     let mut completion = 0;
-    for (j, c) in futures_util::future::join_all(rxs.into_iter().map(collect)).await.into_iter().enumerate() {
+    for (j, c) in futures_util::future::join_all(rxs.into_iter().map(collect))
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let c = c?;
         completion += c.completion_tokens;
         let logprobs = match req.logprobs {
@@ -315,9 +319,11 @@ async fn chat(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Resp
         choices.push(json!({"index": j, "message": {"role": "assistant", "content": c.text},
                             "logprobs": logprobs, "finish_reason": finish_reason(c.finish)}));
     }
-    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": st.model_id,
+    Ok(Json(
+        json!({"id": id, "object": "chat.completion", "created": created, "model": st.model_id,
                    "system_fingerprint": Value::Null, "choices": choices,
-                   "usage": usage(prompt_len, completion)}))
+                   "usage": usage(prompt_len, completion)}),
+    )
     .into_response())
 }
 
@@ -340,9 +346,7 @@ fn frame(v: &Value) -> String {
 }
 
 /// Events of every choice, tagged with the choice's index, in arrival order.
-fn merged(
-    rxs: Vec<mpsc::UnboundedReceiver<Event>>,
-) -> stream::SelectAll<stream::BoxStream<'static, (usize, Event)>> {
+fn merged(rxs: Vec<mpsc::UnboundedReceiver<Event>>) -> stream::SelectAll<stream::BoxStream<'static, (usize, Event)>> {
     stream::select_all(rxs.into_iter().enumerate().map(|(j, rx)| {
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
             .map(move |e| (j, e))
@@ -451,11 +455,21 @@ async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Resu
     }
     let rxs = submit(&st, jobs)?;
     let prompt_tokens: usize = prompts.iter().map(|p| p.0.len()).sum();
-    st.metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+    st.metrics
+        .prompt_tokens
+        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
     let id = request_id("cmpl");
     let created = now();
     if req.common.stream {
-        return Ok(sse(completion_stream(st.clone(), rxs, id, created, prompts, prompt_tokens, &req)));
+        return Ok(sse(completion_stream(
+            st.clone(),
+            rxs,
+            id,
+            created,
+            prompts,
+            prompt_tokens,
+            &req,
+        )));
     }
     let mut choices = Vec::new();
     let mut completion = 0;
@@ -479,12 +493,16 @@ async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Resu
                 openai::completion_logprobs(tok, &infos, &all_ids, 0)
             }
         };
-        choices.push(json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": logprobs,
-                            "finish_reason": finish_reason(c.finish)}));
+        choices.push(
+            json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": logprobs,
+                            "finish_reason": finish_reason(c.finish)}),
+        );
     }
-    Ok(Json(json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
+    Ok(Json(
+        json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
                    "system_fingerprint": Value::Null, "choices": choices,
-                   "usage": usage(prompt_tokens, completion)}))
+                   "usage": usage(prompt_tokens, completion)}),
+    )
     .into_response())
 }
 
@@ -502,8 +520,10 @@ fn completion_stream(
     tokio::spawn(async move {
         let tok = &st.model.tokenizer;
         let chunk = |i: usize, text: &str, lp: Value, finish: Value| {
-            frame(&json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
-                          "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}))
+            frame(
+                &json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
+                          "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]}),
+            )
         };
         let mut events = merged(rxs);
         let mut completion = 0;
@@ -552,8 +572,10 @@ fn completion_stream(
             }
         }
         if include_usage {
-            let u = frame(&json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
-                                  "choices": [], "usage": usage(prompt_tokens, completion)}));
+            let u = frame(
+                &json!({"id": id, "object": "text_completion", "created": created, "model": st.model_id,
+                                  "choices": [], "usage": usage(prompt_tokens, completion)}),
+            );
             if tx.send(u).await.is_err() {
                 return;
             }

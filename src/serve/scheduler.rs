@@ -52,8 +52,14 @@ pub enum Event {
     /// Per prompt token (the first has none: nothing predicts it).
     Prompt(Vec<Option<TokenInfo>>),
     /// Text that became final and the tokens generated since the previous delta.
-    Delta { text: String, tokens: Vec<TokenInfo> },
-    Done { finish: Finish, completion_tokens: usize },
+    Delta {
+        text: String,
+        tokens: Vec<TokenInfo>,
+    },
+    Done {
+        finish: Finish,
+        completion_tokens: usize,
+    },
     Error(String),
 }
 
@@ -209,7 +215,7 @@ impl Engine {
             return;
         }
         self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (sampler, last, cache) = match self.prefill(&job) {
+        let (sampler, last, last_lp, cache) = match self.prefill(&job) {
             Ok(x) => x,
             Err(e) => {
                 let _ = job.events.send(Event::Error(format!("prefill failed: {e}")));
@@ -233,7 +239,7 @@ impl Engine {
             row.finished = Some(Finish::Length);
         } else {
             self.metrics.observe_ttft(row.job.enqueued.elapsed());
-            self.take_token(&mut row, &last);
+            self.take_token(&mut row, &last, last_lp.as_deref());
         }
         if row.finished.is_some() {
             self.finish(row);
@@ -242,8 +248,10 @@ impl Engine {
         }
     }
 
-    /// The prompt's forward pass: a sampler, the last position's logits and the row's cache.
-    fn prefill(&self, job: &Job) -> Result<(Sampler, Vec<f32>, KvCache)> {
+    /// The prompt's forward pass: a sampler, the last position's logits (and log-probabilities
+    /// when the request wants them) and the row's cache.
+    #[allow(clippy::type_complexity)]
+    fn prefill(&self, job: &Job) -> Result<(Sampler, Vec<f32>, Option<Vec<f32>>, KvCache)> {
         let p = &job.params;
         let sampler = Sampler::new(p.sampling.clone())?;
         let t = Tensor::new(p.prompt.as_slice(), &self.m.model.device)?.unsqueeze(0)?;
@@ -254,23 +262,33 @@ impl Engine {
             Logits::Last
         };
         let logits = self.m.model.forward(&t, &mut cache, which, &ForwardOpts::default())?;
-        let last = self.prompt_events(job, &logits)?;
-        Ok((sampler, last, cache))
+        let (last, last_lp) = self.prompt_events(job, &logits)?;
+        Ok((sampler, last, last_lp, cache))
     }
 
-    /// Send prompt log-probabilities if asked; return the last position's logits.
-    fn prompt_events(&self, job: &Job, logits: &Tensor) -> Result<Vec<f32>> {
-        let Some(top) = job.params.prompt_logprobs else {
-            return Ok(logits.squeeze(0)?.to_vec1()?);
+    /// Send prompt log-probabilities if asked; return the last position's logits and
+    /// log-probabilities (the latter only if the request wants logprobs).
+    fn prompt_events(&self, job: &Job, logits: &Tensor) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let p = &job.params;
+        // [1, V] (last position) or [1, T, V] (every position) -> [T, V].
+        let rows = match logits.rank() {
+            2 => logits.clone(),
+            _ => logits.squeeze(0)?,
         };
-        let all: Vec<Vec<f32>> = logits.squeeze(0)?.to_vec2()?;
-        let prompt = &job.params.prompt;
-        let mut infos = vec![None];
-        for (i, &id) in prompt.iter().enumerate().skip(1) {
-            infos.push(Some(token_info(&all[i - 1], id, top)));
+        let t = rows.dim(0)?;
+        let last: Vec<f32> = rows.get(t - 1)?.to_vec1()?;
+        if p.prompt_logprobs.is_none() && p.logprobs.is_none() {
+            return Ok((last, None));
         }
-        let _ = job.events.send(Event::Prompt(infos));
-        Ok(all.last().cloned().unwrap_or_default())
+        let lsm = log_softmax_rows(&rows)?;
+        if let Some(top) = p.prompt_logprobs {
+            let mut infos = vec![None];
+            for (i, &id) in p.prompt.iter().enumerate().skip(1) {
+                infos.push(Some(token_info(&lsm[i - 1], id, top)));
+            }
+            let _ = job.events.send(Event::Prompt(infos));
+        }
+        Ok((last, lsm.last().cloned()))
     }
 
     fn join(&mut self, mut row: Row, cache: KvCache) {
@@ -281,7 +299,10 @@ impl Engine {
             row.pad = 0;
         } else {
             if let Err(e) = self.cache.push_rows(&cache) {
-                let _ = row.job.events.send(Event::Error(format!("joining the batch failed: {e}")));
+                let _ = row
+                    .job
+                    .events
+                    .send(Event::Error(format!("joining the batch failed: {e}")));
                 self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
@@ -323,13 +344,18 @@ impl Engine {
             differentiable: false,
         };
         let logits = self.m.model.forward(&tokens, &mut self.cache, Logits::Last, &opts)?;
+        let lsm = if self.rows.iter().any(|r| r.job.params.logprobs.is_some()) {
+            Some(log_softmax_rows(&logits)?)
+        } else {
+            None
+        };
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut rows = std::mem::take(&mut self.rows);
-        for (r, l) in rows.iter_mut().zip(&logits) {
+        for (i, (r, l)) in rows.iter_mut().zip(&logits).enumerate() {
             if self.cancelled(&r.job) {
                 r.finished = Some(Finish::Cancelled);
             } else {
-                self.take_token(r, l);
+                self.take_token(r, l, lsm.as_ref().map(|m| m[i].as_slice()));
             }
         }
         self.rows = rows;
@@ -383,9 +409,12 @@ impl Engine {
     }
 
     /// Sample from `logits`, stream what became final, and decide whether the row is done.
-    fn take_token(&self, r: &mut Row, logits: &[f32]) {
+    fn take_token(&self, r: &mut Row, logits: &[f32], logprobs: Option<&[f32]>) {
         let id = r.sampler.sample(logits, &r.history);
-        let info = r.job.params.logprobs.map(|k| token_info(logits, id, k));
+        let info = match (r.job.params.logprobs, logprobs) {
+            (Some(k), Some(lp)) => Some(token_info(lp, id, k)),
+            _ => None,
+        };
         r.history.push(id);
         r.generated += 1;
         r.next = id;
@@ -446,17 +475,15 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     hold
 }
 
-/// Natural-log softmax of one logits row, in f64 for the normaliser.
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
-    logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
+/// Log-softmax of `[N, V]` logits as the rest of the engine computes it (`scoring`): in f32,
+/// as transformers does, so served logprobs equal `biomistral score`'s.
+fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?.to_vec2()?)
 }
 
-fn token_info(logits: &[f32], id: u32, top: usize) -> TokenInfo {
-    let lp = log_softmax(logits);
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+/// `lp` is one row of log-probabilities.
+fn token_info(lp: &[f32], id: u32, top: usize) -> TokenInfo {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top);
     if top > 0 {
         let mut idx: Vec<usize> = (0..lp.len()).collect();
         let k = top.min(lp.len());
@@ -478,10 +505,11 @@ mod tests {
 
     #[test]
     fn log_softmax_normalises() {
-        let lp = log_softmax(&[1.0, 2.0, 3.0]);
-        let total: f64 = lp.iter().map(|&x| (x as f64).exp()).sum();
+        let t = Tensor::new(&[[1.0f32, 2.0, 3.0]], &candle_core::Device::Cpu).unwrap();
+        let lp = log_softmax_rows(&t).unwrap();
+        let total: f64 = lp[0].iter().map(|&x| (x as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-6);
-        let info = token_info(&[1.0, 3.0, 2.0], 0, 2);
+        let info = token_info(&[-3.0, -1.0, -2.0], 0, 2);
         assert_eq!(info.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
     }
 
