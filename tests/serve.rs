@@ -787,3 +787,36 @@ fn openai_python_client() {
     assert!(log.contains("ALL OK"));
     server.shutdown().unwrap();
 }
+
+#[test]
+fn chat_page_in_chromium() {
+    if std::env::var("BIOMISTRAL_CHROMIUM_TEST").as_deref() != Ok("1") {
+        eprintln!(
+            "skipping chat_page_in_chromium: set BIOMISTRAL_CHROMIUM_TEST=1 (needs `apt-get install -y chromium` \
+             and BIOMISTRAL_PLAYWRIGHT_DIR=<folder where `npm i playwright-core` ran>)"
+        );
+        return;
+    }
+    let Some(server) = start(ServeConfig {
+        api_key: Some("sk-page".into()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let out = std::process::Command::new("node")
+        .arg(common::crate_dir().join("tests/chat_page.mjs"))
+        .args([format!("http://{}", server.addr()), "sk-page".into()])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{log}");
+    assert!(
+        out.status.success() && log.contains("ALL OK"),
+        "chat page test failed:\n{log}"
+    );
+    server.shutdown().unwrap();
+}
