@@ -3,6 +3,17 @@
 //!
 //! Layout: `openai` (request validation, response shapes), `routes` (HTTP handlers), `scheduler`
 //! (the engine thread), `auth`, `metrics`, `openapi`, `page` (the embedded chat page).
+//!
+//! ```text
+//! biomistral serve --model BioMistral/BioMistral-7B [--host 127.0.0.1 --port 8080 --api-key KEY
+//!                  --max-batch 8 --max-queue 64 --ctx N --model-id ID --shutdown-timeout 10]
+//! ```
+//!
+//! Tests (`cargo test --test serve`) use the fixture model; two optional ones need outside tools:
+//! `openai_python_client` runs when `BIOMISTRAL_PYTHON` names a python with `openai` installed
+//! (`scripts/setup-test-venv.sh` makes one and prints its path); `chat_page_in_chromium` runs
+//! when `BIOMISTRAL_CHROMIUM_TEST=1`, with `apt-get install -y chromium` and
+//! `BIOMISTRAL_PLAYWRIGHT_DIR` set to a folder where `npm i playwright-core` ran.
 pub mod auth;
 pub mod metrics;
 pub mod openai;
@@ -136,7 +147,7 @@ async fn serve_on(
         max_queue: cfg.max_queue,
         ctx,
     };
-    let (queue, engine) = scheduler::start(model.clone(), engine_cfg, metrics.clone(), cancel_all.clone());
+    let (queue, engine) = scheduler::start(model.clone(), engine_cfg, metrics.clone(), cancel_all.clone())?;
     let state = Arc::new(AppState {
         model_id: cfg.model_id.clone().unwrap_or_else(|| default_model_id(&model.spec)),
         aliases: vec![model.spec.clone()],

@@ -159,9 +159,9 @@ fn request_id(prefix: &str) -> String {
 }
 
 /// Tokens left for generation, or 400 when the prompt alone does not fit.
-fn budget(st: &AppState, prompt_len: usize, max_tokens: Option<usize>) -> Result<usize, ApiError> {
+fn budget(st: &AppState, prompt_len: usize, max_tokens: Option<usize>, param: &str) -> Result<usize, ApiError> {
     if prompt_len == 0 {
-        return Err(ApiError::bad("The prompt is empty (0 tokens).", Some("prompt")));
+        return Err(ApiError::bad("The prompt is empty (0 tokens).", Some(param)));
     }
     if prompt_len > st.ctx {
         return Err(ApiError::bad(
@@ -170,7 +170,7 @@ fn budget(st: &AppState, prompt_len: usize, max_tokens: Option<usize>) -> Result
                 prompt_len - st.ctx,
                 st.ctx
             ),
-            Some("messages"),
+            Some(param),
         )
         .code("context_length_exceeded"));
     }
@@ -290,7 +290,7 @@ async fn chat(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Resp
     let req = ChatRequest::parse(&o, &limits(&st))?;
     let ids = encode_chat(&st.model, &req.messages)
         .map_err(|e| ApiError::bad(format!("Could not apply the chat template: {e}"), Some("messages")))?;
-    let max_tokens = budget(&st, ids.len(), req.common.max_tokens)?;
+    let max_tokens = budget(&st, ids.len(), req.common.max_tokens, "messages")?;
     let n = req.common.n;
     let prompt_len = ids.len();
     let jobs = (0..n)
@@ -438,13 +438,13 @@ async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Resu
             ),
             Prompt::Tokens(ids) => (ids.clone(), tok.decode(ids, false).unwrap_or_default()),
         };
-        budget(&st, ids.len(), req.common.max_tokens)?;
+        budget(&st, ids.len(), req.common.max_tokens, "prompt")?;
         prompts.push((ids, text));
     }
     let n = req.common.n;
     let mut jobs = Vec::new();
     for (ids, _) in &prompts {
-        let max_tokens = budget(&st, ids.len(), req.common.max_tokens)?;
+        let max_tokens = budget(&st, ids.len(), req.common.max_tokens, "prompt")?;
         for j in 0..n {
             let mut p = job_params(ids.clone(), &req.common, max_tokens, j, req.logprobs);
             if req.echo {

@@ -111,7 +111,7 @@ pub fn start(
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
     cancel_all: Arc<AtomicBool>,
-) -> (Queue, std::thread::JoinHandle<()>) {
+) -> Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
     let queue = Queue {
         tx,
@@ -131,8 +131,8 @@ pub fn start(
             e.cache = e.m.model.new_cache();
             e.run(rx)
         })
-        .expect("spawning the engine thread");
-    (queue, handle)
+        .map_err(|e| crate::Error::Msg(format!("spawning the engine thread: {e}")))?;
+    Ok((queue, handle))
 }
 
 struct Row {
