@@ -2,7 +2,7 @@
 use serde_json::{json, Value};
 
 /// Every route the server answers; the test suite checks the document lists them all.
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("get", "/"),
     ("get", "/health"),
     ("get", "/metrics"),
@@ -12,6 +12,7 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("post", "/v1/chat/completions"),
     ("post", "/v1/completions"),
     ("get", "/app.js"),
+    ("get", "/style.css"),
 ];
 
 fn json_response(desc: &str, schema: Value) -> Value {
@@ -100,8 +101,10 @@ pub fn document() -> Value {
             "/openapi.json": {"get": {"summary": "This document",
                 "responses": {"200": json_response("OpenAPI document", json!({"type": "object"}))}}},
             "/": {"get": {"summary": "Chat page", "responses": {"200": text("HTML", "text/html")}}},
-            "/app.js": {"get": {"summary": "Chat page script (also /style.css)",
+            "/app.js": {"get": {"summary": "Chat page script",
                 "responses": {"200": text("JavaScript", "text/javascript")}}},
+            "/style.css": {"get": {"summary": "Chat page style sheet",
+                "responses": {"200": text("CSS", "text/css")}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
