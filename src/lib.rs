@@ -7,6 +7,7 @@ pub mod generate;
 pub mod merge;
 pub mod model;
 pub mod scoring;
+pub mod serve;
 pub mod source;
 
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ mod inspect;
 mod merge;
 mod perplexity;
 mod score;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Prompt-processing and generation speed (llama-bench style).
     Bench(bench::BenchArgs),
+    /// Serve an OpenAI-compatible API and a chat page over HTTP.
+    Serve(serve::ServeArgs),
     /// Write a random-weight model of a real shape.
     InitRandom(init_random::InitRandomArgs),
     /// Print the version.
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::InitRandom(a) => init_random::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())
