@@ -1,6 +1,9 @@
 //! Command-line interface: one file per command, each an argument struct plus a call into the library.
 use clap::{Parser, Subcommand};
 
+mod eval;
+mod eval_report;
+
 #[derive(Parser)]
 #[command(
     name = "biomistral",
@@ -19,6 +22,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the crate version.
     Version,
+    /// Run the medical benchmark (MMLU medical, MedQA, PubMedQA, MedMCQA) with BioMistral's protocol.
+    Eval(Box<eval::EvalArgs>),
+    /// Combine finished eval runs into one report (and optionally ensemble them).
+    EvalReport(eval_report::EvalReportArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -41,5 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("biomistral {}", biomistral::version());
             Ok(())
         }
+        Command::Eval(args) => eval::run(*args),
+        Command::EvalReport(args) => eval_report::run(args),
     }
 }
