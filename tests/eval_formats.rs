@@ -313,3 +313,51 @@ fn eval_and_report_commands_against_stub_server() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("local engine backend not wired yet"));
 }
+
+#[test]
+fn translated_set_uses_english_shots_and_translated_item() {
+    let d = synthetic_data();
+    let rows: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"identifier": format!("q{i}"), "question": format!("E{i}?"), "options": {"A": "yes", "B": "no"},
+                   "question_translated": format!("F{i} ?"), "options_translated": {"A": "oui", "B": "non"},
+                   "correct_answer_letter": if i % 2 == 0 { "A" } else { "B" }})
+        })
+        .collect();
+    write(d.path(), "fr/medqa_4.json", &Value::Array(rows).to_string());
+    let mut cfg = EvalConfig::new(vec![TaskId::MedQa4], d.path().to_path_buf(), PathBuf::from("unused"));
+    cfg.lang = "fr".into();
+    cfg.shots = 1;
+    let pools = load_pools(TaskId::MedQa4, &cfg).unwrap();
+    let (p, _) = item_prompt(&pools, &cfg, 0, 0);
+    assert_eq!(
+        p,
+        format!("{HEAD}**Question:** E1? \n (A) yes \n (B) no \n **Answer:**(B \n **Question:** F0 ? \n (A) oui \n (B) non \n **Answer:**(")
+    );
+}
+
+#[test]
+fn shots_from_training_file_are_seeded_draws() {
+    let d = synthetic_data();
+    let train: String = (0..10)
+        .map(|i| json!({"question": format!("T{i}"), "options": ["x", "y"], "answer": "A"}).to_string() + "\n")
+        .collect();
+    write(d.path(), "train.jsonl", &train);
+    let mut cfg = EvalConfig::new(vec![TaskId::MedQa4], d.path().to_path_buf(), PathBuf::from("unused"));
+    cfg.shots_from = Some(d.path().join("train.jsonl"));
+    cfg.seed = 3;
+    let pools = load_pools(TaskId::MedQa4, &cfg).unwrap();
+    let (p, idx) = item_prompt(&pools, &cfg, 0, 0);
+    assert_eq!(idx.len(), 3);
+    assert!(
+        idx.iter()
+            .all(|&j| j < 10 && p.contains(&format!("**Question:** T{j} \n"))),
+        "{p}"
+    );
+    assert_eq!(item_prompt(&pools, &cfg, 0, 0).1, idx);
+    cfg.seed = 4;
+    let other: Vec<Vec<usize>> = (0..4).map(|i| item_prompt(&pools, &cfg, i, 0).1).collect();
+    cfg.seed = 3;
+    let same: Vec<Vec<usize>> = (0..4).map(|i| item_prompt(&pools, &cfg, i, 0).1).collect();
+    assert_ne!(other, same);
+}

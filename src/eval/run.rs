@@ -70,10 +70,13 @@ pub fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// A task's test pool and shot pool.
+/// A task's test pool and where its shots come from.
 pub struct Pools {
     pub items: Vec<Item>,
+    /// `None`: shots rotate through `items`. Translated sets: the English side of `items`, same rotation.
+    /// `--shots-from`: a training pool, drawn with the seed (`drawn`).
     pub shots: Option<Vec<Item>>,
+    pub drawn: bool,
     pub bad: Vec<tasks::BadRow>,
 }
 
@@ -81,12 +84,14 @@ pub fn load_pools(task: TaskId, cfg: &EvalConfig) -> Result<Pools> {
     let mut loaded = tasks::load_task(task, &cfg.data_dir, &cfg.lang, cfg.on_bad_row)?;
     if let Some(n) = cfg.limit {
         loaded.items.truncate(n);
+        loaded.english.truncate(n);
     }
     if loaded.items.is_empty() {
         return Err(Error::invalid("task", format!("{}: no items to evaluate", task.name())));
     }
     let shots = match &cfg.shots_from {
-        None => None,
+        None if loaded.english.is_empty() => None,
+        None => Some(std::mem::take(&mut loaded.english)),
         Some(p) => {
             let file = shots_file(p, task)?;
             let l = tasks::load_file(&file, cfg.on_bad_row)?;
@@ -100,7 +105,7 @@ pub fn load_pools(task: TaskId, cfg: &EvalConfig) -> Result<Pools> {
         }
     };
     let n = loaded.items.len();
-    if shots.is_none() && cfg.shots > 0 && n <= cfg.shots * cfg.effective_shot_sets() {
+    if cfg.shots_from.is_none() && cfg.shots > 0 && n <= cfg.shots * cfg.effective_shot_sets() {
         tracing::warn!(
             "{}: pool of {n} items is too small for distinct shots; shots will repeat or include the item itself",
             task.name()
@@ -108,6 +113,7 @@ pub fn load_pools(task: TaskId, cfg: &EvalConfig) -> Result<Pools> {
     }
     Ok(Pools {
         items: loaded.items,
+        drawn: cfg.shots_from.is_some(),
         shots,
         bad: loaded.bad,
     })
@@ -132,11 +138,11 @@ fn shots_file(p: &Path, task: TaskId) -> Result<PathBuf> {
 /// The prompt and shot indices of item `i`, shot set `k`.
 pub fn item_prompt(pools: &Pools, cfg: &EvalConfig, i: usize, k: usize) -> (String, Vec<usize>) {
     let source = match &pools.shots {
-        None => ShotSource::Rotating,
-        Some(s) => ShotSource::Drawn {
+        Some(s) if pools.drawn => ShotSource::Drawn {
             len: s.len(),
             seed: cfg.seed,
         },
+        _ => ShotSource::Rotating,
     };
     let shot_pool = pools.shots.as_deref().unwrap_or(&pools.items);
     let idx = shot_indices(source, i, pools.items.len(), k, cfg.shots);

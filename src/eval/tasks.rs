@@ -185,10 +185,13 @@ fn names_list() -> String {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub items: Vec<Item>,
+    /// Translated sets only: the English side of each item (same order), used for shots.
+    pub english: Vec<Item>,
     pub bad: Vec<BadRow>,
 }
 
-/// Load a task's pool from `data_dir`, in English (`lang == "en"`) or from its translated BioInstructQA file.
+/// Load a task's pool from `data_dir`, in English (`lang == "en"`) or from its translated BioInstructQA file
+/// (then `english` holds the English side of each row, for the shots).
 pub fn load_task(task: TaskId, data_dir: &Path, lang: &str, on_bad: OnBadRow) -> Result<Loaded> {
     if lang != "en" {
         return load_bioinstructqa(&data_dir.join(task.translated_path(lang)), on_bad);
@@ -211,7 +214,7 @@ pub fn load_task(task: TaskId, data_dir: &Path, lang: &str, on_bad: OnBadRow) ->
 pub fn load_file(path: &Path, on_bad: OnBadRow) -> Result<Loaded> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => load_mmlu_csv(path, on_bad),
-        _ => load_bioinstructqa(path, on_bad),
+        _ => load_jsonl(path, on_bad),
     }
 }
 
@@ -234,15 +237,23 @@ impl<'a> Collector<'a> {
     }
 
     fn push(&mut self, line: usize, row: std::result::Result<Item, String>) -> Result<()> {
-        let row = row.and_then(|item| {
-            if self.seen.insert(item.id.clone()) {
-                Ok(item)
+        self.push_pair(line, row.map(|i| (i, None)))
+    }
+
+    /// An item and, for translated sets, its English side: both are kept or both left out.
+    fn push_pair(&mut self, line: usize, row: std::result::Result<(Item, Option<Item>), String>) -> Result<()> {
+        let row = row.and_then(|pair| {
+            if self.seen.insert(pair.0.id.clone()) {
+                Ok(pair)
             } else {
-                Err(format!("duplicate id '{}'", item.id))
+                Err(format!("duplicate id '{}'", pair.0.id))
             }
         });
         match row {
-            Ok(item) => self.out.items.push(item),
+            Ok((item, english)) => {
+                self.out.items.push(item);
+                self.out.english.extend(english);
+            }
             Err(msg) => {
                 let bad = BadRow {
                     path: self.path.to_path_buf(),
@@ -389,37 +400,58 @@ pub fn parse_csv(text: &str) -> std::result::Result<Vec<CsvRecord>, (usize, Stri
     Ok(out)
 }
 
-/// One JSON object per line (MedQA, MedMCQA, our JSONL). Blank lines are skipped.
+/// One JSON object per line (MedQA, MedMCQA, our JSONL), or a JSON array of such rows.
 pub fn load_jsonl(path: &Path, on_bad: OnBadRow) -> Result<Loaded> {
+    load_json_rows(path, on_bad, Fields::Source)
+}
+
+/// Which side of a row to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fields {
+    /// `question`, `options`, `context`.
+    Source,
+    /// `question_translated`, `options_translated`, `context_translated` (the latter required when the
+    /// row has a context).
+    Translated,
+}
+
+/// Rows of a JSON-lines file or JSON array, with 1-based line numbers (array: row index).
+fn json_rows(path: &Path) -> Result<Vec<(usize, std::result::Result<Value, String>)>> {
     let text = crate::fsutil::read_to_string(path)?;
+    if text.trim_start().starts_with('[') {
+        let rows: Vec<Value> =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON array: {e}")))?;
+        return Ok(rows.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect());
+    }
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| format!("invalid JSON: {e}"))))
+        .collect())
+}
+
+/// Load JSON rows; with [`Fields::Translated`] each item is the translated side and `english` keeps the
+/// English side for shots (a row missing either is a bad row).
+pub fn load_json_rows(path: &Path, on_bad: OnBadRow, fields: Fields) -> Result<Loaded> {
     let mut c = Collector::new(path, on_bad);
-    for (i, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let line = i + 1;
-        let row = serde_json::from_str::<Value>(raw)
-            .map_err(|e| format!("invalid JSON: {e}"))
-            .and_then(|v| item_from_json(&v, &format!("{}:{line}", file_name(path))));
-        c.push(line, row)?;
+    for (line, row) in json_rows(path)? {
+        let id = format!("{}:{line}", file_name(path));
+        let pair = row.and_then(|v| {
+            let source = item_from_json(&v, &id, Fields::Source)?;
+            match fields {
+                Fields::Source => Ok((source, None)),
+                Fields::Translated => Ok((item_from_json(&v, &id, Fields::Translated)?, Some(source))),
+            }
+        });
+        c.push_pair(line, pair)?;
     }
     Ok(c.out)
 }
 
-/// BioInstructQA-style file: a JSON array of rows (or JSON lines). Translated fields win when present.
-/// Line numbers are 1-based row indices for arrays.
+/// A BioInstructQA file (JSON array or lines) read on its translated side.
 pub fn load_bioinstructqa(path: &Path, on_bad: OnBadRow) -> Result<Loaded> {
-    let text = crate::fsutil::read_to_string(path)?;
-    if !text.trim_start().starts_with('[') {
-        return load_jsonl(path, on_bad);
-    }
-    let rows: Vec<Value> =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
-    let mut c = Collector::new(path, on_bad);
-    for (i, v) in rows.iter().enumerate() {
-        c.push(i + 1, item_from_json(v, &format!("{}:{}", file_name(path), i + 1)))?;
-    }
-    Ok(c.out)
+    load_json_rows(path, on_bad, Fields::Translated)
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -461,15 +493,14 @@ fn options_field(v: &Value) -> std::result::Result<Vec<String>, String> {
 
 /// Normalise one JSON row. Accepted shapes (first match wins):
 /// - MedMCQA: `question`, `opa`..`opd`, `cop` (1-based index of the correct option), `id`;
-/// - BioInstructQA: `question[_translated]`, `options[_translated]`, `context[_translated]`, gold in
-///   `correct_answer_letter` (or `answer_idx`/`answer`), `identifier`;
-/// - MedQA and our JSONL: `question`, `options` (`{"A": ..}` or list), `answer_idx` (letter) or `answer`
-///   (letter), optional `id` and `context`.
-pub fn item_from_json(v: &Value, default_id: &str) -> std::result::Result<Item, String> {
+/// - MedQA, BioInstructQA and our JSONL: `question`, `options` (`{"A": ..}` or a list), optional `context`,
+///   gold letter in `correct_answer_letter`, `answer_idx` or `answer`, id in `identifier` or `id`.
+///   With [`Fields::Translated`] the `*_translated` fields are read instead; the gold letter is shared.
+pub fn item_from_json(v: &Value, default_id: &str, fields: Fields) -> std::result::Result<Item, String> {
     if !v.is_object() {
         return Err("row is not a JSON object".into());
     }
-    if v.get("opa").is_some() {
+    if v.get("opa").is_some() && fields == Fields::Source {
         let question = str_field(v, "question").ok_or("missing field 'question'")?;
         let mut options = Vec::new();
         for key in ["opa", "opb", "opc", "opd"] {
@@ -485,19 +516,21 @@ pub fn item_from_json(v: &Value, default_id: &str) -> std::result::Result<Item, 
         let id = str_field(v, "id").unwrap_or_else(|| default_id.to_string());
         return make_item(id, None, question, options, &letter(cop as usize - 1).to_string());
     }
-    let pick = |a: &str, b: &str| {
-        v.get(a)
-            .filter(|x| !x.is_null())
-            .or_else(|| v.get(b).filter(|x| !x.is_null()))
+    let suffix = if fields == Fields::Translated {
+        "_translated"
+    } else {
+        ""
     };
-    let question = pick("question_translated", "question")
+    let get = |k: &str| v.get(format!("{k}{suffix}")).filter(|x| !x.is_null());
+    let question = get("question")
         .and_then(Value::as_str)
-        .ok_or("missing field 'question'")?
+        .ok_or_else(|| format!("missing field 'question{suffix}'"))?
         .to_string();
-    let options = options_field(pick("options_translated", "options").ok_or("missing field 'options'")?)?;
-    let context = pick("context_translated", "context")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let options = options_field(get("options").ok_or_else(|| format!("missing field 'options{suffix}'"))?)?;
+    let context = get("context").and_then(Value::as_str).map(str::to_string);
+    if fields == Fields::Translated && context.is_none() && v.get("context").is_some_and(|c| !c.is_null()) {
+        return Err("missing field 'context_translated'".into());
+    }
     let gold = ["correct_answer_letter", "answer_idx", "answer"]
         .iter()
         .find_map(|k| str_field(v, k).filter(|s| letter_index(s).is_some()))
@@ -618,10 +651,19 @@ mod tests {
                 "context":"ctx","context_translated":"contexte","correct_answer_letter":"B"}"#,
         )
         .unwrap();
-        let it = item_from_json(&v, "f:1").unwrap();
+        let it = item_from_json(&v, "f:1", Fields::Translated).unwrap();
         assert_eq!((it.id.as_str(), it.question.as_str()), ("x1", "Quoi ?"));
         assert_eq!(it.options, vec!["oui", "non"]);
         assert_eq!((it.context.as_deref(), it.gold), (Some("contexte"), 1));
+        let en = item_from_json(&v, "f:1", Fields::Source).unwrap();
+        assert_eq!(
+            (en.question.as_str(), en.context.as_deref(), en.gold),
+            ("What?", Some("ctx"), 1)
+        );
+        let mut untranslated = v.clone();
+        untranslated["context_translated"] = Value::Null;
+        let e = item_from_json(&untranslated, "f:1", Fields::Translated).unwrap_err();
+        assert!(e.contains("context_translated"), "{e}");
     }
 
     #[test]
