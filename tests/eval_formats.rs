@@ -178,6 +178,8 @@ fn serve(listener: std::net::TcpListener) {
         let Ok(mut stream) = stream else { return };
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut len = 0usize;
+        let mut request_line = String::new();
+        let _ = reader.read_line(&mut request_line);
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -199,7 +201,9 @@ fn serve(listener: std::net::TcpListener) {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_u64).collect())
             .unwrap_or_default();
-        let resp = if req["echo"] == json!(true) {
+        let resp = if request_line.contains("/chat/completions") {
+            chat_reply(&req)
+        } else if req["echo"] == json!(true) {
             let mut lps: Vec<Value> = vec![Value::Null];
             lps.extend(ids.iter().skip(1).map(|id| json!(-((id % 7) as f64) / 10.0)));
             lps.push(json!(-0.5));
@@ -213,6 +217,26 @@ fn serve(listener: std::net::TcpListener) {
         let text = resp.to_string();
         let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
     }
+}
+
+static CHAT_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// "Translate" by prefixing every string with `fr:`; the item whose question is `M2?` loses option B.
+fn chat_reply(req: &Value) -> Value {
+    CHAT_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let src: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap_or("{}")).unwrap_or_default();
+    fn tr(v: &Value) -> Value {
+        match v {
+            Value::String(s) => json!(format!("fr:{s}")),
+            Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), tr(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut out = tr(&src);
+    if src["question"] == "M2?" {
+        out["options"].as_object_mut().unwrap().remove("B");
+    }
+    json!({"choices": [{"message": {"role": "assistant", "content": format!("```json\n{out}\n```")}}]})
 }
 
 fn biomistral(args: &[&str]) -> std::process::Output {
@@ -360,4 +384,87 @@ fn shots_from_training_file_are_seeded_draws() {
     cfg.seed = 3;
     let same: Vec<Vec<usize>> = (0..4).map(|i| item_prompt(&pools, &cfg, i, 0).1).collect();
     assert_ne!(other, same);
+}
+
+#[test]
+fn translate_benchmark_then_eval_in_french() {
+    let Some(tok) = tokenizer_json() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || serve(listener));
+    let data = synthetic_data();
+    let d = data.path().to_str().unwrap().to_string();
+    let tr = [
+        "translate-benchmark",
+        "--to",
+        "fr",
+        "--endpoint",
+        &url,
+        "--model",
+        "stub",
+        "--tasks",
+        "medqa_4,pubmedqa",
+        "--data-dir",
+        &d,
+    ];
+    let o = biomistral(&tr);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(CHAT_REQUESTS.load(std::sync::atomic::Ordering::SeqCst), 8);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("medqa_4") && stdout.contains("1 flagged broken"),
+        "{stdout}"
+    );
+    let rows: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.path().join("fr/medqa_4.json")).unwrap()).unwrap();
+    assert_eq!(rows[0]["question_translated"], "fr:M0?");
+    assert_eq!(rows[0]["options_translated"]["D"], "fr:o03");
+    assert!(rows[2]["translation_error"].as_str().unwrap().contains("differ"));
+    let pq: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.path().join("fr/pubmedqa.json")).unwrap()).unwrap();
+    assert_eq!(pq[0]["context_translated"], "fr:c2a. c2b.");
+
+    // Resumed from the cache: no new requests.
+    let o = biomistral(&tr);
+    assert!(o.status.success());
+    assert_eq!(CHAT_REQUESTS.load(std::sync::atomic::Ordering::SeqCst), 8);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("4 from cache"));
+
+    // eval --lang fr: the flagged item is a bad row (fatal by default, skipped on request).
+    let out = data.path().join("run-fr");
+    let out_s = out.to_str().unwrap().to_string();
+    let tok_s = tok.to_str().unwrap().to_string();
+    let ev = [
+        "eval",
+        "--model",
+        "stub",
+        "--endpoint",
+        &url,
+        "--tokenizer",
+        &tok_s,
+        "--data-dir",
+        &d,
+        "--no-progress",
+        "--lang",
+        "fr",
+        "--tasks",
+        "medqa_4",
+        "--out",
+        &out_s,
+        "--shots",
+        "1",
+    ];
+    let o = biomistral(&ev);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("medqa_4.json") && err.contains("line 3") && err.contains("translation flagged"),
+        "{err}"
+    );
+    let mut ev = ev.to_vec();
+    ev.extend(["--on-bad-row", "skip"]);
+    let o = biomistral(&ev);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = read_results(&out).unwrap();
+    assert_eq!((r.tasks[0].n, r.tasks[0].bad_rows, r.meta.lang.as_str()), (3, 1, "fr"));
 }

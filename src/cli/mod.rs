@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 mod eval;
 mod eval_report;
+mod translate_benchmark;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,8 @@ pub enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Combine finished eval runs into one report (and optionally ensemble them).
     EvalReport(eval_report::EvalReportArgs),
+    /// Machine-translate benchmark tasks through an OpenAI-compatible chat endpoint (for `eval --lang`).
+    TranslateBenchmark(translate_benchmark::TranslateArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -50,5 +53,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval(args) => eval::run(*args),
         Command::EvalReport(args) => eval_report::run(args),
+        Command::TranslateBenchmark(args) => translate_benchmark::run(args),
     }
 }

@@ -11,6 +11,7 @@ pub mod report;
 pub mod run;
 pub mod scorer;
 pub mod tasks;
+pub mod translate;
 
 pub use backend::Backend;
 pub use run::{run_eval, EvalConfig};

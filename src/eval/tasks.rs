@@ -516,6 +516,9 @@ pub fn item_from_json(v: &Value, default_id: &str, fields: Fields) -> std::resul
         let id = str_field(v, "id").unwrap_or_else(|| default_id.to_string());
         return make_item(id, None, question, options, &letter(cop as usize - 1).to_string());
     }
+    if let (Fields::Translated, Some(e)) = (fields, v.get("translation_error").and_then(Value::as_str)) {
+        return Err(format!("translation flagged broken by translate-benchmark: {e}"));
+    }
     let suffix = if fields == Fields::Translated {
         "_translated"
     } else {
