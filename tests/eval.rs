@@ -228,6 +228,14 @@ fn replayed_scores_reproduce_reference_accuracy_and_resume() {
     assert_eq!(again.tasks, run.tasks);
     assert_eq!(read_samples(&path).unwrap().len(), 300);
 
+    // The folder refuses a resume under another protocol.
+    let mut other = config(&data, dir.path());
+    other.protocol = biomistral::eval::Protocol::Loglik;
+    let e = run_eval(&mut Replay::new("smollm2-replay"), &other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("other settings"), "{e}");
+
     // An ensemble of a run with itself is the letter arg-max of that run.
     let ens_dir = dir.path().join("ens");
     let ens = report::ensemble_runs(&[back.clone(), back], &ens_dir).unwrap();

@@ -285,6 +285,13 @@ fn eval_and_report_commands_against_stub_server() {
             // Top-k renormalisation: e^-0.3 / (e^-0.3 + e^-1.2 + e^-2.0), "Ġthe" mapped through the vocabulary.
             let p = (-0.3f64).exp() / ((-0.3f64).exp() + (-1.2f64).exp() + (-2.0f64).exp());
             assert!((x.top1_prob - p).abs() < 1e-6, "{}", x.top1_prob);
+            // The letter token found through the real tokenizer is the one the server ranked first.
+            // (PubMedQA has no option D, so a "D" answer has no letter probability.)
+            if let Some(q) = x.letter_probs.get(&x.top1_str) {
+                assert!((q - p).abs() < 1e-6, "{:?}", x.letter_probs);
+            } else {
+                assert_eq!((t, x.top1_str.as_str()), ("pubmedqa", "D"));
+            }
         }
         let acc = samples.iter().filter(|x| x.correct).count() as f64 / 12.0;
         let mean = run.task(t).unwrap().acc_mean;

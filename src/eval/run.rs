@@ -166,7 +166,41 @@ pub fn run_eval(backend: &mut dyn Backend, cfg: &EvalConfig) -> Result<RunResult
         batch_size: cfg.batch_size,
         backend: cfg.backend_meta.clone(),
     };
+    // A folder holds one configuration: resuming under other settings would mix incomparable samples
+    // (the prompt hash catches changed data or shots, not a changed model or protocol).
     let mut results: Vec<TaskResult> = Vec::new();
+    if cfg.out.join("results.json").is_file() {
+        let prev = report::read_results(&cfg.out)?;
+        let key = |m: &RunMeta| {
+            (
+                m.model.clone(),
+                m.protocol.clone(),
+                m.shots,
+                m.limit,
+                m.lang.clone(),
+                m.shots_from.clone(),
+                m.seed,
+            )
+        };
+        if key(&prev.meta) != key(&meta) {
+            return Err(Error::invalid(
+                "out",
+                format!(
+                    "{} holds a run with other settings ({:?}); use a fresh --out",
+                    cfg.out.display(),
+                    key(&prev.meta)
+                ),
+            ));
+        }
+        // Keep the figures of tasks evaluated by earlier invocations into this folder.
+        results = prev
+            .tasks
+            .into_iter()
+            .filter(|t| TaskId::parse(&t.task).map_or(true, |id| !cfg.tasks.contains(&id)))
+            .collect();
+    } else {
+        report::write_results_json(&cfg.out, &meta, &[], &[])?;
+    }
     let mut bad_rows: Vec<String> = Vec::new();
     for &task in &cfg.tasks {
         let pools = load_pools(task, cfg)?;
@@ -181,6 +215,7 @@ pub fn run_eval(backend: &mut dyn Backend, cfg: &EvalConfig) -> Result<RunResult
             r.n
         );
         results.push(r);
+        results.sort_by_key(|t| TaskId::parse(&t.task).map_or(usize::MAX, |id| id as usize));
         // Rewrite results after each task so a long run has usable figures before it ends.
         report::write_results_json(&cfg.out, &meta, &results, &bad_rows)?;
     }
