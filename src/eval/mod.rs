@@ -5,6 +5,7 @@
 //! Data layout under `--data-dir`: the raw English files at the paths of [`tasks::TaskId::raw_path`];
 //! translated sets at `<lang>/<task>.json` (BioInstructQA rows, see [`tasks::item_from_json`]).
 pub mod backend;
+pub mod csv;
 pub mod metrics;
 pub mod prompt;
 pub mod report;

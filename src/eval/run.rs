@@ -244,7 +244,12 @@ fn progress_bar(cfg: &EvalConfig, len: usize, task: TaskId) -> indicatif::Progre
 /// Score the pending (item, shot set) pairs of one task and return all its samples in pool order.
 fn run_task(backend: &mut dyn Backend, cfg: &EvalConfig, task: TaskId, pools: &Pools) -> Result<Vec<Sample>> {
     let n_letters = pools.items.iter().map(|it| it.options.len()).max().unwrap_or(0);
-    let letter_ids = scorer::letter_token_ids(&*backend, n_letters)?;
+    let ctx = TaskCtx {
+        protocol: cfg.protocol,
+        task,
+        pools,
+        letter_ids: scorer::letter_token_ids(&*backend, n_letters)?,
+    };
     let path = report::samples_path(&cfg.out, task.name());
     let mut done: HashMap<(usize, usize), Sample> = HashMap::new();
     for s in report::read_samples(&path)? {
@@ -272,15 +277,21 @@ fn run_task(backend: &mut dyn Backend, cfg: &EvalConfig, task: TaskId, pools: &P
                     ))
                 }
                 Some(_) => {}
-                None => todo.push((i, prompt, shot_items, sha)),
+                None => todo.push(Pending {
+                    item: i,
+                    shot_set: k,
+                    prompt,
+                    shot_items,
+                    sha,
+                }),
             }
         }
         for batch in todo.chunks(cfg.batch_size.max(1)) {
             let encoded = batch
                 .iter()
-                .map(|(_, p, _, _)| backend.encode(p))
+                .map(|p| backend.encode(&p.prompt))
                 .collect::<Result<Vec<_>>>()?;
-            let new = score_batch(backend, cfg, task, pools, &letter_ids, k, batch, &encoded)?;
+            let new = score_batch(backend, &ctx, batch, &encoded)?;
             writer.append(&new)?;
             for s in new {
                 done.insert((s.item, s.shot_set), s);
@@ -294,21 +305,32 @@ fn run_task(backend: &mut dyn Backend, cfg: &EvalConfig, task: TaskId, pools: &P
     Ok(all)
 }
 
-type Todo = (usize, String, Vec<usize>, String);
+/// What scoring needs to know about the task being run.
+struct TaskCtx<'a> {
+    protocol: Protocol,
+    task: TaskId,
+    pools: &'a Pools,
+    /// Token id of each option letter after `(`.
+    letter_ids: Vec<u32>,
+}
 
-#[allow(clippy::too_many_arguments)]
+/// An (item, shot set) pair still to score.
+struct Pending {
+    item: usize,
+    shot_set: usize,
+    prompt: String,
+    shot_items: Vec<usize>,
+    sha: String,
+}
+
 fn score_batch(
     backend: &mut dyn Backend,
-    cfg: &EvalConfig,
-    task: TaskId,
-    pools: &Pools,
-    letter_ids: &[u32],
-    k: usize,
-    batch: &[Todo],
+    ctx: &TaskCtx,
+    batch: &[Pending],
     encoded: &[Vec<u32>],
 ) -> Result<Vec<Sample>> {
     let mut out = Vec::with_capacity(batch.len());
-    let logits = match cfg.protocol {
+    let logits = match ctx.protocol {
         Protocol::Biomistral => {
             let l = backend.last_logits(encoded)?;
             if l.len() != batch.len() {
@@ -322,14 +344,14 @@ fn score_batch(
         }
         Protocol::Loglik => None,
     };
-    for (b, (i, prompt, shot_items, sha)) in batch.iter().enumerate() {
-        let item = &pools.items[*i];
+    for (b, p) in batch.iter().enumerate() {
+        let item = &ctx.pools.items[p.item];
         let base = Sample {
-            task: task.name().into(),
-            item: *i,
+            task: ctx.task.name().into(),
+            item: p.item,
             id: item.id.clone(),
-            shot_set: k,
-            shot_items: shot_items.clone(),
+            shot_set: p.shot_set,
+            shot_items: p.shot_items.clone(),
             gold: item.gold_letter().to_string(),
             top1_id: None,
             top1_str: String::new(),
@@ -337,13 +359,13 @@ fn score_batch(
             correct: false,
             letter_probs: Default::default(),
             n_prompt_tokens: encoded[b].len(),
-            prompt_sha256: sha.clone(),
+            prompt_sha256: p.sha.clone(),
             option_loglik: None,
             correct_norm: None,
         };
         let s = match &logits {
             Some(l) => {
-                let sc = scorer::score_biomistral(&*backend, &l[b], letter_ids, item)?;
+                let sc = scorer::score_biomistral(&*backend, &l[b], &ctx.letter_ids, item)?;
                 Sample {
                     top1_id: Some(sc.top1_id),
                     top1_str: sc.top1_str,
@@ -354,7 +376,7 @@ fn score_batch(
                 }
             }
             None => {
-                let sc = scorer::score_loglik(backend, prompt, &encoded[b], item)?;
+                let sc = scorer::score_loglik(backend, &p.prompt, &encoded[b], item)?;
                 let probs = scorer::loglik_letter_probs(&sc.loglik);
                 let pred = tasks::letter(sc.pred).to_string();
                 Sample {
