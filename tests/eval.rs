@@ -296,3 +296,92 @@ fn real_task_files_load_with_expected_sizes() {
     assert_eq!(l.items[0].id, "7482275");
     let _ = metrics::ECE_BINS;
 }
+
+/// Byte-level tokenizer with a deterministic "model": the next token after a prompt of length L is letter
+/// `L mod 5`, and every continuation token costs −(id mod 7)/10 nats.
+struct Bytes;
+
+impl Backend for Bytes {
+    fn name(&self) -> String {
+        "bytes".into()
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn decode_token(&self, id: u32) -> Result<String> {
+        Ok(char::from(id as u8).to_string())
+    }
+    fn last_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                let mut l = vec![0.0f32; 256];
+                l[b'A' as usize + p.len() % 5] = 3.0;
+                l
+            })
+            .collect())
+    }
+    fn continuation_logprobs(&mut self, context: &[u32], continuation: &[u32]) -> Result<Vec<f32>> {
+        assert!(!context.is_empty());
+        Ok(continuation.iter().map(|&id| -((id % 7) as f32) / 10.0).collect())
+    }
+}
+
+#[test]
+fn every_task_runs_through_both_protocols() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EvalConfig::new(TaskId::ALL.to_vec(), data.clone(), dir.path().join("bm"));
+    cfg.progress = false;
+    cfg.limit = Some(20);
+    let run = run_eval(&mut Bytes, &cfg).unwrap();
+    assert_eq!(run.tasks.len(), 10);
+    for t in &run.tasks {
+        let samples = read_samples(&samples_path(&cfg.out, &t.task)).unwrap();
+        assert_eq!((t.n, samples.len()), (20, 60), "{}", t.task);
+        for s in &samples {
+            let want = char::from(b'A' + (s.n_prompt_tokens % 5) as u8).to_string();
+            assert_eq!(
+                (&s.top1_str, s.correct),
+                (&want, want == s.gold),
+                "{} item {}",
+                t.task,
+                s.item
+            );
+            let n_opts = match t.task.as_str() {
+                "medqa_5" => 5,
+                "pubmedqa" => 3,
+                _ => 4,
+            };
+            assert_eq!(s.letter_probs.len(), n_opts);
+        }
+        let acc: f64 = samples.iter().filter(|s| s.correct).count() as f64 / 60.0;
+        assert!((t.acc_mean - acc).abs() < 1e-12);
+    }
+
+    let mut ll = cfg.clone();
+    ll.out = dir.path().join("ll");
+    ll.protocol = biomistral::eval::Protocol::Loglik;
+    ll.tasks = vec![TaskId::PubMedQa, TaskId::MedQa5];
+    ll.limit = Some(5);
+    let run = run_eval(&mut Bytes, &ll).unwrap();
+    for t in &run.tasks {
+        for s in read_samples(&samples_path(&ll.out, &t.task)).unwrap() {
+            // Recompute each option's score from the byte "model": "L) text" costs Σ −(byte mod 7)/10.
+            let pools = load_pools(TaskId::parse(&t.task).unwrap(), &ll).unwrap();
+            let item = &pools.items[s.item];
+            let want: Vec<f64> = (0..item.options.len())
+                .map(|i| {
+                    let cont = format!("{}) {}", (b'A' + i as u8) as char, item.options[i]);
+                    cont.bytes().map(|b| -((b % 7) as f64) / 10.0).sum()
+                })
+                .collect();
+            let got = s.option_loglik.clone().unwrap();
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4),
+                "{got:?} vs {want:?}"
+            );
+        }
+        assert!(t.acc_norm_per_shot_set.is_some());
+    }
+}
