@@ -204,17 +204,7 @@ fn header(name: &str) -> &str {
 pub fn markdown(runs: &[RunResults]) -> String {
     let cols = columns(runs);
     let mut s = String::from("# Medical benchmark results\n\n");
-    if let Some(m) = runs.first().map(|r| &r.meta) {
-        let _ = writeln!(
-            s,
-            "Protocol `{}`, {} shot(s), {} shot set(s), language `{}`{}. Accuracy in %, mean ± population std over shot sets.\n",
-            m.protocol,
-            m.shots,
-            m.shot_sets,
-            m.lang,
-            m.limit.map_or(String::new(), |l| format!(", first {l} items per task"))
-        );
-    }
+    s.push_str("Accuracy in %, mean ± population std over shot sets; each run's settings are listed under Runs.\n\n");
     let table =
         |s: &mut String, title: &str, cell: &dyn Fn(&TaskResult) -> String, avg: &dyn Fn(&RunResults) -> String| {
             let _ = writeln!(s, "## {title}\n");
@@ -259,7 +249,22 @@ pub fn markdown(runs: &[RunResults]) -> String {
     if !bad.is_empty() {
         let _ = writeln!(s, "## Left-out rows\n\n{}\n", bad.join("\n"));
     }
-    s.push_str("Charts: `accuracy.svg` (per-task accuracy), `reliability.svg` (reliability diagram per model).\n");
+    s.push_str("## Runs\n\n");
+    for r in runs {
+        let m = &r.meta;
+        let _ = writeln!(
+            s,
+            "- {}: protocol `{}`, {} shot(s) × {} set(s), language `{}`, limit {}, `{}`",
+            m.model,
+            m.protocol,
+            m.shots,
+            m.shot_sets,
+            m.lang,
+            m.limit.map_or("none".into(), |l| l.to_string()),
+            r.dir.display()
+        );
+    }
+    s.push_str("\nCharts: `accuracy.svg` (per-task accuracy), `reliability.svg` (reliability diagram per model).\n");
     s
 }
 
@@ -391,12 +396,21 @@ pub fn reliability_svg(models: &[(String, Vec<metrics::Bin>, f64)]) -> String {
             x0 - 12.0,
             y0 + ph / 2.0
         );
+        let _ = write!(
+            s,
+            r#"<text x="{x0:.1}" y="{:.1}" text-anchor="middle">0</text><text x="{:.1}" y="{:.1}" text-anchor="middle">1</text><text x="{:.1}" y="{:.1}" text-anchor="end">1</text>"#,
+            y0 + ph + 13.0,
+            x0 + pw,
+            y0 + ph + 13.0,
+            x0 - 3.0,
+            y0 + 4.0
+        );
     }
     s.push_str("</svg>\n");
     s
 }
 
-/// Write report.md and both charts for `runs` into `out`; `points` are each run's pooled calibration points.
+/// Write report.md and both charts for `runs` into `out`; each reliability panel pools a run's tasks.
 pub fn write_report(out: &Path, runs: &[RunResults]) -> Result<()> {
     crate::fsutil::write_bytes_atomic(&out.join("report.md"), markdown(runs).as_bytes())?;
     crate::fsutil::write_bytes_atomic(&out.join("accuracy.svg"), accuracy_svg(runs).as_bytes())?;
