@@ -288,8 +288,8 @@ fn make_item(
     if question.trim().is_empty() {
         return Err("field 'question' is empty".into());
     }
-    if options.len() < 2 {
-        return Err(format!("needs at least 2 options, found {}", options.len()));
+    if !(2..=26).contains(&options.len()) {
+        return Err(format!("needs 2 to 26 options (letters A-Z), found {}", options.len()));
     }
     if let Some(i) = options.iter().position(|o| o.trim().is_empty()) {
         return Err(format!("option {} is empty", letter(i)));
