@@ -4,6 +4,9 @@
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod generate;
+pub mod model;
+pub mod scoring;
 pub mod source;
 
 pub use error::{Error, Result};

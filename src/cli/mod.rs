@@ -1,8 +1,17 @@
 //! Command-line interface: one file per command, each an argument struct plus a call into the library.
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod chat;
+mod common;
+mod convert;
 mod eval;
 mod eval_report;
+mod generate;
+mod init_random;
+mod inspect;
+mod perplexity;
+mod score;
 mod translate_benchmark;
 
 #[derive(Parser)]
@@ -21,14 +30,30 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Print the crate version.
-    Version,
+    /// Generate text from a prompt or a conversation.
+    Generate(generate::GenerateArgs),
+    /// Chat interactively with a model.
+    Chat(chat::ChatArgs),
+    /// Describe a model: architecture, tensors, files, tokenizer.
+    Inspect(inspect::InspectArgs),
+    /// Perplexity over a text file or per document over JSONL.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Dump logits for prompts in the transformers reference layout.
+    Score(score::ScoreArgs),
+    /// Convert GGUF <-> Hugging Face folder.
+    Convert(convert::ConvertArgs),
+    /// Prompt-processing and generation speed (llama-bench style).
+    Bench(bench::BenchArgs),
+    /// Write a random-weight model of a real shape.
+    InitRandom(init_random::InitRandomArgs),
     /// Run the medical benchmark (MMLU medical, MedQA, PubMedQA, MedMCQA) with BioMistral's protocol.
     Eval(Box<eval::EvalArgs>),
     /// Combine finished eval runs into one report (and optionally ensemble them).
     EvalReport(eval_report::EvalReportArgs),
     /// Machine-translate benchmark tasks through an OpenAI-compatible chat endpoint (for `eval --lang`).
     TranslateBenchmark(translate_benchmark::TranslateArgs),
+    /// Print the version.
+    Version,
 }
 
 pub fn init_logging(verbose: u8) {
@@ -47,12 +72,20 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::InitRandom(a) => init_random::run(a),
+        Command::Eval(a) => eval::run(*a),
+        Command::EvalReport(a) => eval_report::run(a),
+        Command::TranslateBenchmark(a) => translate_benchmark::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())
         }
-        Command::Eval(args) => eval::run(*args),
-        Command::EvalReport(args) => eval_report::run(args),
-        Command::TranslateBenchmark(args) => translate_benchmark::run(args),
     }
 }
