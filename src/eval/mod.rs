@@ -6,6 +6,7 @@
 //! translated sets at `<lang>/<task>.json` (BioInstructQA rows, see [`tasks::item_from_json`]).
 pub mod backend;
 pub mod csv;
+pub mod engine;
 pub mod metrics;
 pub mod prompt;
 pub mod report;
