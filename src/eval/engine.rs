@@ -1,6 +1,6 @@
 //! [`Backend`] over the local inference engine (`source::LoadedModel`), so `eval` can score a model
-//! folder or GGUF file directly. One prompt at a time, reusing the KV cache of the prefix shared by
-//! all prompts of a call (at least the instruction; with the same shots, the whole few-shot block).
+//! folder or GGUF file directly. One prompt at a time, reusing the KV cache of the prefix each prompt
+//! shares with the previous one (at least the instruction; with the same shots, the whole few-shot block).
 use super::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{ForwardOpts, Logits};
@@ -25,11 +25,8 @@ impl EngineBackend {
     }
 }
 
-fn common_prefix(prompts: &[Vec<u32>]) -> usize {
-    let Some(first) = prompts.first() else { return 0 };
-    prompts.iter().skip(1).fold(first.len(), |n, p| {
-        first.iter().zip(p).take(n).take_while(|(a, b)| a == b).count()
-    })
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Backend for EngineBackend {
@@ -46,21 +43,20 @@ impl Backend for EngineBackend {
     }
 
     fn last_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        if prompts.iter().any(Vec::is_empty) {
-            return Err(Error::invalid("prompt", "empty token sequence"));
-        }
-        // Leave at least one token of every prompt outside the shared prefix, so each forward yields logits.
-        let min_len = prompts.iter().map(Vec::len).min().unwrap_or(0);
-        let prefix = common_prefix(prompts).min(min_len.saturating_sub(1));
         let mut cache = self.m.model.new_cache();
-        if prefix > 0 {
-            self.forward(&prompts[0][..prefix], &mut cache, Logits::Last)?;
-        }
+        let mut cached: &[u32] = &[];
         let mut out = Vec::with_capacity(prompts.len());
         for p in prompts {
-            let logits = self.forward(&p[prefix..], &mut cache, Logits::Last)?;
+            if p.is_empty() {
+                return Err(Error::invalid("prompt", "empty token sequence"));
+            }
+            // Keep the KV cache of the prefix shared with the previous prompt (the harness orders prompts so
+            // that those with the same shots are adjacent); at least one token is always run, for its logits.
+            let keep = common_prefix(cached, p).min(p.len() - 1);
+            cache.truncate(keep)?;
+            let logits = self.forward(&p[keep..], &mut cache, Logits::Last)?;
             out.push(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?);
-            cache.truncate(prefix)?;
+            cached = p;
         }
         Ok(out)
     }
@@ -90,8 +86,8 @@ mod tests {
 
     #[test]
     fn shared_prefix_length() {
-        assert_eq!(common_prefix(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]), 2);
-        assert_eq!(common_prefix(&[vec![5, 6]]), 2);
-        assert_eq!(common_prefix(&[]), 0);
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[5, 6], &[5, 6, 7]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
     }
 }

@@ -258,14 +258,10 @@ fn run_task(backend: &mut dyn Backend, cfg: &EvalConfig, task: TaskId, pools: &P
     let sets = cfg.effective_shot_sets();
     let n = pools.items.len();
     let mut writer = SampleWriter::open(&path)?;
-    let pending: usize = (0..sets)
-        .map(|k| (0..n).filter(|i| !done.contains_key(&(*i, k))).count())
-        .sum();
-    let pb = progress_bar(cfg, pending, task);
+    // Check that resumed samples were made from the same prompts: a changed data file, shot rule or
+    // language must not be mixed silently into one result.
+    let mut todo = Vec::new();
     for k in 0..sets {
-        // Check that resumed samples were made from the same prompts: a changed data file, shot rule or
-        // language must not be mixed silently into one result.
-        let mut todo = Vec::new();
         for i in 0..n {
             let (prompt, shot_items) = item_prompt(pools, cfg, i, k);
             let sha = sha256_hex(&prompt);
@@ -286,18 +282,24 @@ fn run_task(backend: &mut dyn Backend, cfg: &EvalConfig, task: TaskId, pools: &P
                 }),
             }
         }
-        for batch in todo.chunks(cfg.batch_size.max(1)) {
-            let encoded = batch
-                .iter()
-                .map(|p| backend.encode(&p.prompt))
-                .collect::<Result<Vec<_>>>()?;
-            let new = score_batch(backend, &ctx, batch, &encoded)?;
-            writer.append(&new)?;
-            for s in new {
-                done.insert((s.item, s.shot_set), s);
-            }
-            pb.inc(batch.len() as u64);
+    }
+    // Prompts with the same shots share everything but the test item: with the rotation rule, item i of
+    // set k and item i+3 of set k-1 use the same three shots. Scoring them back to back lets a backend
+    // reuse the KV cache of instruction + shots (EngineBackend reuses the prefix shared with the previous
+    // prompt), which is most of each prompt.
+    todo.sort_by(|a, b| (&a.shot_items, a.shot_set, a.item).cmp(&(&b.shot_items, b.shot_set, b.item)));
+    let pb = progress_bar(cfg, todo.len(), task);
+    for batch in todo.chunks(cfg.batch_size.max(1)) {
+        let encoded = batch
+            .iter()
+            .map(|p| backend.encode(&p.prompt))
+            .collect::<Result<Vec<_>>>()?;
+        let new = score_batch(backend, &ctx, batch, &encoded)?;
+        writer.append(&new)?;
+        for s in new {
+            done.insert((s.item, s.shot_set), s);
         }
+        pb.inc(batch.len() as u64);
     }
     pb.finish_and_clear();
     let mut all: Vec<Sample> = done.into_values().filter(|s| s.item < n && s.shot_set < sets).collect();
