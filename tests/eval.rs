@@ -1,5 +1,7 @@
 //! Benchmark harness against transformers' reference (MMLU medical_genetics, 100 items × 3 shot sets):
 //! prompt bytes, shot rule, scoring, metrics, calibration, ensembles, reports and resume.
+mod common;
+
 use biomistral::eval::report::{self, read_samples, samples_path};
 use biomistral::eval::run::{item_prompt, load_pools, sha256_hex};
 use biomistral::eval::{metrics, run_eval, Backend, EvalConfig, Sample, TaskId};
@@ -14,10 +16,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The benchmark data, when its medical_genetics CSV is there.
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("BIOMISTRAL_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let dir = common::data_dir()?;
     if dir.join(TaskId::MmluMedicalGenetics.raw_path()).is_file() {
         Some(dir)
     } else {

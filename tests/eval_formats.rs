@@ -1,6 +1,6 @@
 //! Prompt bytes per raw format (MedQA 4/5 options, PubMedQA with context, MedMCQA) from small files in each
 //! layout, and the `eval` / `eval-report` commands end to end against a stub OpenAI-compatible server on
-//! 127.0.0.1. Needs nothing from ../shared except the test model's tokenizer.json for the server test.
+//! 127.0.0.1 (with the test model's tokenizer from tests/fixtures). Needs nothing from ../shared.
 use biomistral::eval::report::{read_results, read_samples, samples_path};
 use biomistral::eval::run::{item_prompt, load_pools};
 use biomistral::eval::{EvalConfig, TaskId};
@@ -161,14 +161,9 @@ fn medmcqa_prompt_bytes() {
     );
 }
 
-fn tokenizer_json() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/smollm2-135m-instruct/tokenizer.json");
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!("skipping: test tokenizer not found at {}", p.display());
-        None
-    }
+/// The test model's tokenizer, committed under tests/fixtures.
+fn tokenizer_json() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-135m-instruct/tokenizer.json")
 }
 
 /// Answer `/v1/completions` like vLLM would, deterministically from the prompt length: the next token is
@@ -248,7 +243,7 @@ fn biomistral(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn eval_and_report_commands_against_stub_server() {
-    let Some(tok) = tokenizer_json() else { return };
+    let tok = tokenizer_json();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     std::thread::spawn(move || serve(listener));
@@ -395,7 +390,7 @@ fn shots_from_training_file_are_seeded_draws() {
 
 #[test]
 fn translate_benchmark_then_eval_in_french() {
-    let Some(tok) = tokenizer_json() else { return };
+    let tok = tokenizer_json();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     std::thread::spawn(move || serve(listener));
