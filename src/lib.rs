@@ -2,6 +2,7 @@
 //! medical LLMs. Modules follow the pipeline a user walks through:
 //! source (load) → model → generate → quantize → merge → eval → train → serve.
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod merge;

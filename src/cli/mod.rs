@@ -5,6 +5,8 @@ mod bench;
 mod chat;
 mod common;
 mod convert;
+mod eval;
+mod eval_report;
 mod generate;
 mod init_random;
 mod inspect;
@@ -12,6 +14,7 @@ mod merge;
 mod perplexity;
 mod score;
 mod serve;
+mod translate_benchmark;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +50,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a random-weight model of a real shape.
     InitRandom(init_random::InitRandomArgs),
+    /// Run the medical benchmark (MMLU medical, MedQA, PubMedQA, MedMCQA) with BioMistral's protocol.
+    Eval(Box<eval::EvalArgs>),
+    /// Combine finished eval runs into one report (and optionally ensemble them).
+    EvalReport(eval_report::EvalReportArgs),
+    /// Machine-translate benchmark tasks through an OpenAI-compatible chat endpoint (for `eval --lang`).
+    TranslateBenchmark(translate_benchmark::TranslateArgs),
     /// Print the version.
     Version,
     /// Merge models from a mergekit-style YAML config.
@@ -78,6 +87,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::InitRandom(a) => init_random::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Eval(a) => eval::run(*a),
+        Command::EvalReport(a) => eval_report::run(a),
+        Command::TranslateBenchmark(a) => translate_benchmark::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())

@@ -1,0 +1,69 @@
+//! The harness on the real engine: SmolLM2-135M-Instruct (bf16 HF copy made from the fixture GGUF, run in
+//! f32) against transformers' records for MMLU medical_genetics. Skips without the fixture or the data.
+mod common;
+
+use biomistral::eval::engine::EngineBackend;
+use biomistral::eval::run::{item_prompt, load_pools};
+use biomistral::eval::scorer::{letter_token_ids, score_biomistral};
+use biomistral::eval::{Backend, EvalConfig, Sample, TaskId};
+use biomistral::source::{load, LoadOptions};
+use candle_core::{DType, Device};
+
+#[test]
+fn engine_backend_reproduces_transformers_predictions() {
+    let Some(data) = common::data_dir() else { return };
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let opts = LoadOptions {
+        dtype: Some(DType::F32),
+        device: Device::Cpu,
+        progress: false,
+    };
+    let mut be = EngineBackend::new(load(dir.to_str().unwrap(), &opts).unwrap(), "smollm2");
+    // The letter after "(" is the reference's single-token letter: A=49 .. D=52.
+    assert_eq!(letter_token_ids(&be, 4).unwrap(), vec![49, 50, 51, 52]);
+
+    let cfg = EvalConfig::new(vec![TaskId::MmluMedicalGenetics], data, "unused".into());
+    let pools = load_pools(TaskId::MmluMedicalGenetics, &cfg).unwrap();
+    let text = std::fs::read_to_string(common::fixtures().join("eval/hf_medical_genetics.jsonl")).unwrap();
+    // Items 0-3, all three shot sets: 12 forwards in one call.
+    let refs: Vec<Sample> = text
+        .lines()
+        .take(12)
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["task"] = "mmlu_medical_genetics".into();
+            serde_json::from_value(v).unwrap()
+        })
+        .collect();
+    // Ordered by shots as the driver orders them: (item 0, set 1) and (item 3, set 0) share all three
+    // shots, so the second reuses the first's KV cache up to its test question.
+    let mut refs = refs;
+    refs.sort_by(|a, b| (&a.shot_items, a.shot_set).cmp(&(&b.shot_items, b.shot_set)));
+    assert!(refs.windows(2).any(|w| w[0].shot_items == w[1].shot_items));
+    let mut encoded = Vec::new();
+    for r in &refs {
+        let ids = be.encode(&item_prompt(&pools, &cfg, r.item, r.shot_set).0).unwrap();
+        assert_eq!(ids.len(), r.n_prompt_tokens, "item {} set {}", r.item, r.shot_set);
+        encoded.push(ids);
+    }
+    let logits = be.last_logits(&encoded).unwrap();
+    let letters = [49, 50, 51, 52];
+    for (r, l) in refs.iter().zip(&logits) {
+        let s = score_biomistral(&be, l, &letters, &pools.items[r.item]).unwrap();
+        assert_eq!(
+            (Some(s.top1_id), &s.top1_str, s.correct),
+            (r.top1_id, &r.top1_str, r.correct)
+        );
+        for (letter, p) in &r.letter_probs {
+            assert!(
+                (s.letter_probs[letter] - p).abs() < 1e-3,
+                "item {} {letter}: {} vs {p}",
+                r.item,
+                s.letter_probs[letter]
+            );
+        }
+    }
+    // Continuation scoring agrees with the last-position softmax: log p("A" | prompt).
+    let lp = be.continuation_logprobs(&encoded[0], &[49]).unwrap();
+    assert!((lp[0] as f64 - refs[0].letter_probs["A"].ln()).abs() < 1e-3, "{lp:?}");
+}
