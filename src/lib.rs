@@ -7,6 +7,7 @@ pub mod generate;
 pub mod model;
 pub mod scoring;
 pub mod source;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -8,8 +8,11 @@ mod convert;
 mod generate;
 mod init_random;
 mod inspect;
+mod merge_lora;
 mod perplexity;
+mod pretrain;
 mod score;
+mod sft;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +46,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Write a random-weight model of a real shape.
     InitRandom(init_random::InitRandomArgs),
+    /// Continued pre-training on raw text (LoRA or full fine-tuning).
+    Pretrain(pretrain::PretrainArgs),
+    /// Supervised fine-tuning on a benchmark task or chat JSONL.
+    Sft(sft::SftArgs),
+    /// Merge a LoRA adapter into its base model.
+    MergeLora(merge_lora::MergeLoraArgs),
     /// Print the version.
     Version,
 }
@@ -71,6 +80,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::InitRandom(a) => init_random::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Sft(a) => sft::run(a),
+        Command::MergeLora(a) => merge_lora::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())
