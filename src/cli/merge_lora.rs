@@ -28,7 +28,7 @@ pub fn run(a: MergeLoraArgs) -> anyhow::Result<()> {
         Some(s) => biomistral::source::parse_dtype(s)?.unwrap_or(m.model.dtype),
         None => m.model.dtype,
     };
-    train::save_hf_model(&mut m.model, &m.tokenizer, dtype, &a.out)
+    train::save_hf_model(&mut m.model, &m.tokenizer, m.chat_template.as_deref(), dtype, &a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!("wrote {}", a.out.display());
     Ok(())

@@ -149,7 +149,7 @@ pub fn train_and_save(
         Mode::Lora(l) => lora::save(&mut m.model, l, &args.out, base)?,
         Mode::Full => {
             let dt = m.model.dtype;
-            train::save_hf_model(&mut m.model, &m.tokenizer, dt, &args.out)?
+            train::save_hf_model(&mut m.model, &m.tokenizer, m.chat_template.as_deref(), dt, &args.out)?
         }
     }
     let json = serde_json::to_string_pretty(&summary)?;

@@ -88,14 +88,13 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let ctx = m.model.cfg.max_position_embeddings;
     let seq_len = a.train.seq_len(ctx)?;
     let eos = eos_id(&m)?;
-    let bos = m.model.cfg.bos_token_id;
     let (seed, frac) = (a.train.seed, a.train.eval_frac);
     let (split, eval_items) = match (items, &a.data) {
         (Some(items), _) => {
             let (tr, ev) = split_off(items, frac, seed, a.limit);
             let enc = |v: &[sft::McqItem]| -> anyhow::Result<Vec<Example>> {
                 v.iter()
-                    .map(|it| Ok(sft::mcq_example(it, &m.tokenizer, bos, eos)?))
+                    .map(|it| Ok(sft::mcq_example(it, &m.tokenizer, eos)?))
                     .collect()
             };
             let split = Split {
@@ -131,13 +130,13 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
         split.eval.len()
     );
     let before = match &eval_items {
-        Some(ev) if !ev.is_empty() => Some(sft::evaluate_mcq(&m.model, &m.tokenizer, bos, ev)?),
+        Some(ev) if !ev.is_empty() => Some(sft::evaluate_mcq(&m.model, &m.tokenizer, ev)?),
         _ => None,
     };
     let s = train_and_save(&mut m, &a.train, &mode, &split, &a.model.model)?;
     print_summary(&s, &a.train.out);
     if let (Some(b), Some(ev)) = (before, &eval_items) {
-        let after = sft::evaluate_mcq(&m.model, &m.tokenizer, bos, ev)?;
+        let after = sft::evaluate_mcq(&m.model, &m.tokenizer, ev)?;
         println!(
             "held-out accuracy {:.3} -> {:.3}, mean log p(gold) {:.4} -> {:.4} ({} items)",
             b.accuracy, after.accuracy, b.mean_gold_logprob, after.mean_gold_logprob, after.n

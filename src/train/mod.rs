@@ -29,8 +29,15 @@ pub fn dense_weights(model: &mut Model, dtype: DType) -> Result<Vec<(String, Ten
     Ok(out)
 }
 
-/// Write `model` as a Hugging Face folder (config, weights, tokenizer) in `dtype`.
-pub fn save_hf_model(model: &mut Model, tok: &Tokenizer, dtype: DType, dir: &Path) -> Result<()> {
+/// Write `model` as a Hugging Face folder (config, weights, tokenizer and its chat template)
+/// in `dtype`.
+pub fn save_hf_model(
+    model: &mut Model,
+    tok: &Tokenizer,
+    chat_template: Option<&str>,
+    dtype: DType,
+    dir: &Path,
+) -> Result<()> {
     if model.projections_mut().iter().any(|(_, l)| l.lora.is_some()) {
         return Err(Error::msg("merge the adapter before saving a full model"));
     }
@@ -39,5 +46,14 @@ pub fn save_hf_model(model: &mut Model, tok: &Tokenizer, dtype: DType, dir: &Pat
     let weights = dense_weights(model, dtype)?;
     crate::source::safetensors_writer::write_tensors(&dir.join("model.safetensors"), &weights)?;
     crate::source::convert::write_json(&dir.join("config.json"), &model.cfg.to_hf_json(torch_dtype))?;
-    crate::fsutil::write_bytes_atomic(&dir.join("tokenizer.json"), tok.to_json()?.as_bytes())
+    crate::fsutil::write_bytes_atomic(&dir.join("tokenizer.json"), tok.to_json()?.as_bytes())?;
+    let mut tc = serde_json::json!({
+        "bos_token": tok.bos_token,
+        "eos_token": tok.eos_token,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = chat_template {
+        tc["chat_template"] = t.into();
+    }
+    crate::source::convert::write_json(&dir.join("tokenizer_config.json"), &tc)
 }

@@ -168,10 +168,10 @@ fn letter_ids(tok: &Tokenizer, n: usize) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// prompt + answer letter + EOS, loss on the letter and EOS only.
-pub fn mcq_example(item: &McqItem, tok: &Tokenizer, bos: Option<u32>, eos: u32) -> Result<Example> {
-    let mut ids: Vec<u32> = bos.into_iter().collect();
-    ids.extend(tok.encode(&mcq_prompt(item), false)?);
+/// prompt (with the tokenizer's own special tokens, e.g. BOS) + answer letter + EOS; loss on
+/// the letter and EOS only.
+pub fn mcq_example(item: &McqItem, tok: &Tokenizer, eos: u32) -> Result<Example> {
+    let mut ids = tok.encode(&mcq_prompt(item), true)?;
     let n_prompt = ids.len();
     ids.extend(tok.encode(LETTERS[item.answer], false)?);
     ids.push(eos);
@@ -238,12 +238,11 @@ pub struct McqEval {
     pub mean_gold_logprob: f64,
 }
 
-pub fn evaluate_mcq(model: &Model, tok: &Tokenizer, bos: Option<u32>, items: &[McqItem]) -> Result<McqEval> {
+pub fn evaluate_mcq(model: &Model, tok: &Tokenizer, items: &[McqItem]) -> Result<McqEval> {
     let mut correct = 0;
     let mut lp_sum = 0.0;
     for item in items {
-        let mut ids: Vec<u32> = bos.into_iter().collect();
-        ids.extend(tok.encode(&mcq_prompt(item), false)?);
+        let ids = tok.encode(&mcq_prompt(item), true)?;
         let t = Tensor::new(ids.as_slice(), &model.device)?.unsqueeze(0)?;
         let logits = model.forward(&t, &mut model.new_cache(), Logits::Last, &ForwardOpts::default())?;
         let logp: Vec<f32> = candle_nn::ops::log_softmax(&logits.squeeze(0)?, D::Minus1)?.to_vec1()?;
