@@ -594,9 +594,9 @@ fn lora_pretraining_on_pubmed_lowers_heldout_perplexity() {
     assert!(docs.len() > 500, "{}", docs.len());
     let eos = m.eos_ids[0];
     let mut split = biomistral::train::data::pretraining_split(&docs, &m.tokenizer, eos, 64, 0.02, 1).unwrap();
-    split.eval.truncate(12);
+    split.eval.truncate(8);
     let cfg = TrainConfig {
-        max_steps: 24,
+        max_steps: 12,
         batch_size: 2,
         optim: biomistral::train::optim::AdamWConfig {
             lr: 1e-3,
@@ -618,15 +618,25 @@ fn lora_pretraining_on_pubmed_lowers_heldout_perplexity() {
     assert!(a < b, "held-out loss {b} -> {a}");
 }
 
+/// PubMedQA's answers are skewed (about 55% yes, 34% no, 11% maybe) while the base model
+/// spreads its mass over the letters, so a short SFT run measurably raises the held-out gold
+/// likelihood. Contexts are cut to 400 characters to keep the CPU run short.
 #[test]
-fn sft_on_medmcqa_raises_gold_answer_likelihood() {
+fn sft_on_pubmedqa_raises_heldout_gold_answer_likelihood() {
     let (Some(gguf), Some(data)) = (common::fixture_gguf(), common::data_dir()) else {
         return;
     };
     use biomistral::train::sft;
     let mut m = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let items = sft::load_task("medmcqa", &data).unwrap();
-    let (train_items, eval_items) = (&items[..48], &items[48..80]);
+    let mut items = sft::load_task("pubmedqa", &data).unwrap();
+    assert_eq!(items.len(), 1000);
+    for it in &mut items {
+        if let Some(c) = &mut it.context {
+            let cut = c.char_indices().nth(400).map_or(c.len(), |(i, _)| i);
+            c.truncate(cut);
+        }
+    }
+    let (train_items, eval_items) = (&items[..16], &items[500..524]);
     let eos = m.eos_ids[0];
     let ex = |v: &[sft::McqItem]| -> Vec<Example> {
         v.iter()
@@ -639,10 +649,10 @@ fn sft_on_medmcqa_raises_gold_answer_likelihood() {
     };
     let before = sft::evaluate_mcq(&m.model, &m.tokenizer, eval_items).unwrap();
     let cfg = TrainConfig {
-        max_steps: 12,
-        batch_size: 4,
+        max_steps: 8,
+        batch_size: 2,
         optim: biomistral::train::optim::AdamWConfig {
-            lr: 1e-3,
+            lr: 5e-4,
             ..Default::default()
         },
         ..Default::default()
@@ -654,8 +664,109 @@ fn sft_on_medmcqa_raises_gold_answer_likelihood() {
         .unwrap();
     let after = sft::evaluate_mcq(&m.model, &m.tokenizer, eval_items).unwrap();
     eprintln!(
-        "medmcqa held-out ({} items): accuracy {:.3} -> {:.3}, mean log p(gold) {:.3} -> {:.3}, {:.0} tokens/s",
+        "pubmedqa held-out ({} items): accuracy {:.3} -> {:.3}, mean log p(gold) {:.3} -> {:.3}, {:.0} tokens/s",
         after.n, before.accuracy, after.accuracy, before.mean_gold_logprob, after.mean_gold_logprob, s.tokens_per_s
     );
     assert!(after.mean_gold_logprob > before.mean_gold_logprob);
+}
+
+#[test]
+fn pubmed_corpora_parse_into_documents() {
+    let Some(data) = common::data_dir() else { return };
+    let calib = data.join("pubmed_calib");
+    let medline = biomistral::train::data::load_documents(&calib.join("medline_sample")).unwrap();
+    // PROVENANCE.md: 604 citations, 526 with abstracts.
+    assert_eq!(medline.len(), 526);
+    let pmc = biomistral::train::data::load_documents(&calib.join("pmc_oa_nxml")).unwrap();
+    assert_eq!(pmc.len(), 6);
+    assert!(
+        pmc.iter()
+            .all(|d| d.len() > 10_000 && !d.contains("<p>") && !d.contains("&amp;")),
+        "{}",
+        &pmc[0][..300]
+    );
+    let ncbi = biomistral::train::data::load_documents(&calib.join("ncbi_disease")).unwrap();
+    // 793 PubTator title + abstract documents across train/dev/test.
+    assert_eq!(ncbi.len(), 793);
+    assert!(ncbi.iter().all(|d| !d.contains("|t|") && d.contains('\n')));
+}
+
+#[test]
+fn sft_cli_trains_on_chat_jsonl_and_on_a_task() {
+    let dir = tmp("sft-cli");
+    let mdir = tiny_model_dir(&dir, 6);
+    let m = mdir.to_str().unwrap();
+    let chat = dir.join("chat.jsonl");
+    let line = r#"{"messages": [{"role": "user", "content": "What lowers glucose?"}, {"role": "assistant", "content": "Metformin."}, {"role": "user", "content": "And pain?"}, {"role": "assistant", "content": "Aspirin."}]}"#;
+    std::fs::write(&chat, format!("{line}\n").repeat(6)).unwrap();
+    let out = dir.join("chat-out");
+    let (ok, err) = run_cli(&[
+        "sft",
+        "--model",
+        m,
+        "--data",
+        chat.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lora",
+        "--max-steps",
+        "2",
+        "--lr",
+        "1e-3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.join("adapter_model.safetensors").exists());
+
+    // A chat example's loss covers only the assistant turns.
+    let tok = biomistral::source::tokenizer::Tokenizer::from_file(&mdir.join("tokenizer.json")).unwrap();
+    let tmpl = biomistral::generate::chat_template::ChatTemplate::new(None, Some("<s>"), Some("</s>"));
+    let ex = biomistral::train::sft::chat_examples(&chat, &tok, &tmpl).unwrap();
+    let learned: Vec<u32> = ex[0]
+        .ids
+        .iter()
+        .zip(&ex[0].target)
+        .filter(|(_, &t)| t)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(tok.decode(&learned, false).unwrap(), "Metformin.</s>Aspirin.</s>");
+
+    // --task with a benchmark folder in the shared/data layout; full fine-tuning writes a model.
+    let data = dir.join("data/medqa/4_options");
+    std::fs::create_dir_all(&data).unwrap();
+    let rec = |i: usize| {
+        let ans = ["A", "B", "C", "D"][i % 4];
+        serde_json::json!({"question": format!("Question {i}?"), "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": ans, "answer": "x"})
+            .to_string()
+    };
+    let lines: Vec<String> = (0..10).map(rec).collect();
+    std::fs::write(data.join("phrases_no_exclude_test.jsonl"), lines.join("\n")).unwrap();
+    let out = dir.join("task-out");
+    let (ok, err) = run_cli(&[
+        "sft",
+        "--model",
+        m,
+        "--task",
+        "medqa4",
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--eval-frac",
+        "0.3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.join("model.safetensors").exists() && out.join("mcq_eval.json").exists());
+    assert!(load_as(&out, DType::F32).model.cfg.num_hidden_layers == 2);
+    let (ok, err) = run_cli(&[
+        "sft",
+        "--model",
+        m,
+        "--task",
+        "medqa9",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("medqa9"), "{err}");
 }
