@@ -1,5 +1,21 @@
 //! Training: continued pre-training and supervised fine-tuning, with LoRA adapters or full
 //! fine-tuning. One file per concept: data, sft, lora, optim, checkpoint, trainer.
+//!
+//! ```text
+//! biomistral pretrain --model M --data pubmed/ --out run --lora --max-steps 200 --seq-len 512 --lr 2e-4
+//! biomistral sft --model M --task medqa4 --out run --lora          # or --data chat.jsonl
+//! biomistral merge-lora --model M --adapter run --out merged        # PEFT adapter -> HF folder
+//! biomistral generate --model M --adapter run ...                   # any loading command
+//! ```
+//!
+//! Defaults follow the BioMistral paper: AdamW (lr 2e-5, betas 0.9/0.999, eps 1e-8, weight
+//! decay 0.01 except on norm weights), linear warmup + cosine decay, clipping at global norm
+//! 1.0, LoRA r=16 alpha=16 dropout 0.05 on all seven projections. The output folder gets
+//! `train_log.jsonl`/`.csv`, `loss.svg`, `train_summary.json`, `checkpoints/step-N/` (with
+//! `--save-every`) and the adapter (PEFT layout) or the full model (Hugging Face layout).
+//!
+//! Training needs gradients through every projection, and candle's quantized matmul has none,
+//! so GGUF block weights are dequantized to the compute dtype when training starts.
 pub mod checkpoint;
 pub mod data;
 pub mod lora;
