@@ -3,7 +3,7 @@
 //! new weight formats only add variants to `LinearKind`.
 use crate::error::Result;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
 
@@ -112,6 +112,63 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(out)?)
 }
 
+/// `x @ w^T` for a frozen `w` whose backward pass yields only `dx`. candle's matmul backward
+/// also builds a full-size gradient for the weight, which LoRA training never uses: that costs
+/// a matmul and a weight-sized buffer per projection per step.
+struct FrozenMatmul {
+    /// `[out, in]` on the CPU, in the input's dtype.
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul needs a contiguous input".into()))?;
+        let dims = l.shape().dims();
+        let cpu = &Device::Cpu;
+        let wt = self.w.t()?;
+        Ok(match s {
+            CpuStorage::F32(v) => {
+                let y = Tensor::from_slice(&v[start..end], dims, cpu)?.matmul(&wt)?;
+                (CpuStorage::F32(y.flatten_all()?.to_vec1()?), y.shape().clone())
+            }
+            CpuStorage::F64(v) => {
+                let y = Tensor::from_slice(&v[start..end], dims, cpu)?.matmul(&wt)?;
+                (CpuStorage::F64(y.flatten_all()?.to_vec1()?), y.shape().clone())
+            }
+            _ => return Err(candle_core::Error::Msg("frozen-matmul supports f32 and f64".into())),
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x @ w^T`, through `FrozenMatmul` when gradients flow through `x` but `w` is not trained.
+fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let frozen_w = x.track_op()
+        && !w.track_op()
+        && x.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !frozen_w {
+        return matmul_t(x, w);
+    }
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let y = x.reshape(((), k))?.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?;
+    let mut out = dims;
+    let n = out.len();
+    out[n - 1] = w.dims()[0];
+    Ok(y.reshape(out)?)
+}
+
 impl Linear {
     pub fn new(w: Weight, dtype: DType) -> Result<Self> {
         Ok(match w {
@@ -156,7 +213,7 @@ impl Linear {
     /// `x @ W^T` (+ the adapter's low-rank term) for `x` of shape `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.kind {
-            LinearKind::Dense(w) => matmul_t(x, w)?,
+            LinearKind::Dense(w) => dense_forward(x, w)?,
             LinearKind::Quant(q) => {
                 let dt = x.dtype();
                 let xf = if dt == DType::F32 {
