@@ -162,7 +162,10 @@ fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
-    let y = x.reshape(((), k))?.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?;
+    let y = x
+        .reshape(((), k))?
+        .contiguous()?
+        .apply_op1(FrozenMatmul { w: w.clone() })?;
     let mut out = dims;
     let n = out.len();
     out[n - 1] = w.dims()[0];
