@@ -78,12 +78,18 @@ impl LoraConfig {
     }
 
     pub fn to_peft_json(&self, base_model: &str) -> serde_json::Value {
+        // PEFT declares lora_alpha an int; keep whole values integral.
+        let alpha: serde_json::Value = if self.alpha.fract() == 0.0 && self.alpha.abs() < 1e15 {
+            (self.alpha as i64).into()
+        } else {
+            self.alpha.into()
+        };
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": base_model,
             "r": self.r,
-            "lora_alpha": self.alpha,
+            "lora_alpha": alpha,
             "lora_dropout": self.dropout,
             "target_modules": self.targets,
             "bias": "none",
