@@ -10,6 +10,7 @@ pub mod model;
 pub mod scoring;
 pub mod serve;
 pub mod source;
+pub mod train;
 
 pub use error::{Error, Result};
 

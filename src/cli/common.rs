@@ -17,6 +17,9 @@ pub struct ModelArgs {
     /// Threads for CPU kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A PEFT LoRA adapter folder to apply on top of the model.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -32,8 +35,14 @@ impl ModelArgs {
             device: source::parse_device(&self.device)?,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };
-        src.load(&opts)
-            .with_context(|| format!("loading model '{}'", self.model))
+        let mut m = src
+            .load(&opts)
+            .with_context(|| format!("loading model '{}'", self.model))?;
+        if let Some(dir) = &self.adapter {
+            biomistral::train::apply_adapter(&mut m.model, dir)
+                .with_context(|| format!("applying adapter '{}'", dir.display()))?;
+        }
+        Ok(m)
     }
 }
 

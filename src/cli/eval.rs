@@ -107,12 +107,10 @@ pub fn open_backend(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
         dtype: args.dtype.clone().unwrap_or_else(|| "auto".into()),
         device: args.device.clone(),
         threads: None,
+        adapter: args.adapter.clone(),
     };
     if let Some(q) = &args.quant {
         bail!("--quant {q}: load-time quantization is not available for eval in this build");
-    }
-    if let Some(a) = &args.adapter {
-        bail!("--adapter {}: adapters are not available for eval in this build", a.display());
     }
     let m = margs.load()?;
     Ok(Box::new(biomistral::eval::engine::EngineBackend::new(m, model)))

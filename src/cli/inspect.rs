@@ -22,6 +22,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         dtype: "auto".into(),
         device: "cpu".into(),
         threads: None,
+        adapter: None,
     };
     let src = margs.open()?;
     let sums = src.weights.summaries();

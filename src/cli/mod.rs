@@ -11,10 +11,13 @@ mod generate;
 mod init_random;
 mod inspect;
 mod merge;
+mod merge_lora;
 mod perplexity;
+mod pretrain;
 mod score;
 mod serve;
 mod translate_benchmark;
+mod sft;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +59,12 @@ pub enum Command {
     EvalReport(eval_report::EvalReportArgs),
     /// Machine-translate benchmark tasks through an OpenAI-compatible chat endpoint (for `eval --lang`).
     TranslateBenchmark(translate_benchmark::TranslateArgs),
+    /// Continued pre-training on raw text (LoRA or full fine-tuning).
+    Pretrain(pretrain::PretrainArgs),
+    /// Supervised fine-tuning on a benchmark task or chat JSONL.
+    Sft(sft::SftArgs),
+    /// Merge a LoRA adapter into its base model.
+    MergeLora(merge_lora::MergeLoraArgs),
     /// Print the version.
     Version,
     /// Merge models from a mergekit-style YAML config.
@@ -90,6 +99,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(*a),
         Command::EvalReport(a) => eval_report::run(a),
         Command::TranslateBenchmark(a) => translate_benchmark::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Sft(a) => sft::run(a),
+        Command::MergeLora(a) => merge_lora::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())

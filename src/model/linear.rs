@@ -1,9 +1,11 @@
 //! `Linear` is the single seam where weight formats plug in: the decoder only calls `forward`
-//! and never asks which format it holds.
+//! and never asks which format it holds. A LoRA adapter wraps whatever base kind is there, so
+//! new weight formats only add variants to `LinearKind`.
 use crate::error::Result;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
-use std::sync::Arc;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, Mutex};
 
 /// A weight as a source hands it over: dense (any float dtype) or GGUF block-quantized.
 #[derive(Clone, Debug)]
@@ -32,44 +34,193 @@ impl Weight {
 /// From this many input rows on, quantized weights are dequantized for a dense GEMM.
 const PREFILL_DEQUANT_ROWS: usize = 16;
 
+/// How the base weight is stored.
 #[derive(Clone, Debug)]
-pub enum Linear {
+pub enum LinearKind {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
     /// GGUF blocks; candle quantizes the activations per block and uses integer dot products.
     Quant(QMatMul),
 }
 
-impl Linear {
-    pub fn new(w: Weight, dtype: DType) -> Result<Self> {
-        Ok(match w {
-            Weight::Dense(t) => Linear::Dense(t.to_dtype(dtype)?),
-            Weight::Quant(q) => Linear::Quant(QMatMul::from_arc(q)?),
-        })
-    }
+/// Dropout state shared by all adapters of one model. `None` outside training, so inference
+/// and evaluation never drop; the trainer seeds it per micro-batch so runs are reproducible.
+#[derive(Clone, Debug, Default)]
+pub struct LoraDropout(pub Arc<Mutex<Option<rand::rngs::SmallRng>>>);
 
-    pub fn out_features(&self) -> usize {
-        match self {
-            Linear::Dense(w) => w.dims()[0],
-            Linear::Quant(QMatMul::QTensor(q)) => q.shape().dims()[0],
-            Linear::Quant(QMatMul::Tensor(t)) | Linear::Quant(QMatMul::TensorF16(t)) => t.dims()[0],
+impl LoraDropout {
+    pub fn seed(&self, seed: Option<u64>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = seed.map(rand::rngs::SmallRng::seed_from_u64);
         }
     }
 
-    /// `x @ W^T` for `x` of shape `[..., in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Dense(w) => {
-                let dims = x.dims().to_vec();
-                let k = dims[dims.len() - 1];
-                let x2 = x.reshape(((), k))?;
-                let y = x2.matmul(&w.t()?)?;
-                let mut out = dims;
-                let n = out.len();
-                out[n - 1] = w.dims()[0];
-                Ok(y.reshape(out)?)
+    /// A keep-mask scaled by 1/(1-p) for `x`, or None when not training.
+    fn mask(&self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
+        let Ok(mut g) = self.0.lock() else { return Ok(None) };
+        let Some(rng) = g.as_mut() else { return Ok(None) };
+        if p <= 0.0 {
+            return Ok(None);
+        }
+        let keep = 1.0 / (1.0 - p);
+        let v: Vec<f64> = (0..x.elem_count())
+            .map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep })
+            .collect();
+        Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())?))
+    }
+}
+
+/// Low-rank update `W + scale * B @ A` (A: `[r, in]`, B: `[out, r]`).
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    pub dropout_state: LoraDropout,
+}
+
+impl LoraAdapter {
+    /// `scale * B @ A` as a dense `[out, in]` tensor (for merging).
+    pub fn delta(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = self.a.dtype();
+        let x = x.to_dtype(dt)?;
+        let x = match self.dropout_state.mask(&x, self.dropout)? {
+            Some(m) => (x * m)?,
+            None => x,
+        };
+        let h = matmul_t(&x, self.a.as_tensor())?;
+        Ok((matmul_t(&h, self.b.as_tensor())? * self.scale)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub kind: LinearKind,
+    pub lora: Option<LoraAdapter>,
+}
+
+/// `x @ w^T` for `x` of shape `[..., in]` and `w` of shape `[out, in]`.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let y = x.reshape(((), k))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    let n = out.len();
+    out[n - 1] = w.dims()[0];
+    Ok(y.reshape(out)?)
+}
+
+/// `x @ w^T` for a frozen `w` whose backward pass yields only `dx`. candle's matmul backward
+/// also builds a full-size gradient for the weight, which LoRA training never uses: that costs
+/// a matmul and a weight-sized buffer per projection per step.
+struct FrozenMatmul {
+    /// `[out, in]` on the CPU, in the input's dtype.
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul needs a contiguous input".into()))?;
+        let dims = l.shape().dims();
+        let cpu = &Device::Cpu;
+        let wt = self.w.t()?;
+        Ok(match s {
+            CpuStorage::F32(v) => {
+                let y = Tensor::from_slice(&v[start..end], dims, cpu)?.matmul(&wt)?;
+                (CpuStorage::F32(y.flatten_all()?.to_vec1()?), y.shape().clone())
             }
-            Linear::Quant(q) => {
+            CpuStorage::F64(v) => {
+                let y = Tensor::from_slice(&v[start..end], dims, cpu)?.matmul(&wt)?;
+                (CpuStorage::F64(y.flatten_all()?.to_vec1()?), y.shape().clone())
+            }
+            _ => return Err(candle_core::Error::Msg("frozen-matmul supports f32 and f64".into())),
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x @ w^T`, through `FrozenMatmul` when gradients flow through `x` but `w` is not trained.
+fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let frozen_w = x.track_op()
+        && !w.track_op()
+        && x.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !frozen_w {
+        return matmul_t(x, w);
+    }
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let y = x
+        .reshape(((), k))?
+        .contiguous()?
+        .apply_op1(FrozenMatmul { w: w.clone() })?;
+    let mut out = dims;
+    let n = out.len();
+    out[n - 1] = w.dims()[0];
+    Ok(y.reshape(out)?)
+}
+
+impl Linear {
+    pub fn new(w: Weight, dtype: DType) -> Result<Self> {
+        Ok(match w {
+            Weight::Dense(t) => Linear::dense(t.to_dtype(dtype)?),
+            Weight::Quant(q) => Linear {
+                kind: LinearKind::Quant(QMatMul::from_arc(q)?),
+                lora: None,
+            },
+        })
+    }
+
+    pub fn dense(w: Tensor) -> Self {
+        Linear {
+            kind: LinearKind::Dense(w),
+            lora: None,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.dims().0
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let d = match &self.kind {
+            LinearKind::Dense(w) => w.dims().to_vec(),
+            LinearKind::Quant(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
+            LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.dims().to_vec(),
+        };
+        (d[0], d[1])
+    }
+
+    /// The base weight as a dense `[out, in]` tensor of `dtype` (adapter not included).
+    pub fn base_dense(&self, dtype: DType) -> Result<Tensor> {
+        Ok(match &self.kind {
+            LinearKind::Dense(w) => w.to_dtype(dtype)?,
+            LinearKind::Quant(QMatMul::QTensor(q)) => q.dequantize(&q.device())?.to_dtype(dtype)?,
+            LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.to_dtype(dtype)?,
+        })
+    }
+
+    /// `x @ W^T` (+ the adapter's low-rank term) for `x` of shape `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.kind {
+            LinearKind::Dense(w) => dense_forward(x, w)?,
+            LinearKind::Quant(q) => {
                 let dt = x.dtype();
                 let xf = if dt == DType::F32 {
                     x.contiguous()?
@@ -80,16 +231,22 @@ impl Linear {
                 // Block-quantized kernels are matrix-vector products: fine for decoding, but for
                 // a prompt of many rows a dense GEMM on the dequantized weight is several times
                 // faster, and dequantizing is cheap next to the GEMM itself.
-                if rows >= PREFILL_DEQUANT_ROWS {
-                    if let QMatMul::QTensor(qt) = q {
-                        let w = qt.dequantize(&qt.device())?;
-                        let y = Linear::Dense(w).forward(&xf)?;
-                        return Ok(if dt == DType::F32 { y } else { y.to_dtype(dt)? });
+                let y = match q {
+                    QMatMul::QTensor(qt) if rows >= PREFILL_DEQUANT_ROWS => {
+                        dense_forward(&xf, &qt.dequantize(&qt.device())?)?
                     }
+                    _ => q.forward(&xf)?,
+                };
+                if dt == DType::F32 {
+                    y
+                } else {
+                    y.to_dtype(dt)?
                 }
-                let y = q.forward(&xf)?;
-                Ok(if dt == DType::F32 { y } else { y.to_dtype(dt)? })
             }
+        };
+        match &self.lora {
+            Some(l) => Ok((&y + l.forward(x)?.to_dtype(y.dtype())?)?),
+            None => Ok(y),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! rms-norm) for their composed equivalents.
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use super::linear::{Linear, Weight};
+use super::linear::{Linear, LinearKind, Weight};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -59,7 +59,8 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         if differentiable {
             let dt = x.dtype();
-            let xf = x.to_dtype(DType::F32)?;
+            // f32 keeps bf16/f16 training stable; f64 stays f64 so gradient checks are exact.
+            let xf = x.to_dtype(if dt == DType::F64 { DType::F64 } else { DType::F32 })?;
             let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
             let y = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dt)?;
             Ok(y.broadcast_mul(&self.weight)?)
@@ -235,7 +236,7 @@ impl Model {
             // Tied: reuse the embedding weight; keep GGUF blocks quantized for the fast path.
             match embed_w {
                 Weight::Quant(q) => Linear::new(Weight::Quant(q), dtype)?,
-                Weight::Dense(_) => Linear::Dense(embed_tokens.clone()),
+                Weight::Dense(_) => Linear::dense(embed_tokens.clone()),
             }
         };
         Ok(Model {
@@ -248,6 +249,58 @@ impl Model {
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// Every decoder projection with its Hugging Face module name
+    /// (`model.layers.N.self_attn.q_proj`, ...), for attaching adapters.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Replace every weight by `f(hf_name, dense weight)` (full fine-tuning turns them into
+    /// variables this way). Block-quantized projections are dequantized first. A tied `lm_head`
+    /// keeps sharing the (new) embedding tensor and is not visited separately.
+    pub fn map_weights(&mut self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
+        // A GGUF keeps a tied head as its own quantized copy of the embedding.
+        let tied =
+            self.lm_head_tied() || (self.cfg.tie_word_embeddings && matches!(self.lm_head.kind, LinearKind::Quant(_)));
+        self.embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
+        let dtype = self.dtype;
+        for (name, l) in self.projections_mut() {
+            l.kind = LinearKind::Dense(f(&format!("{name}.weight"), &l.base_dense(dtype)?)?);
+        }
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (n, norm) in [
+                ("input_layernorm", &mut l.input_layernorm),
+                ("post_attention_layernorm", &mut l.post_attention_layernorm),
+            ] {
+                norm.weight = f(&format!("model.layers.{i}.{n}.weight"), &norm.weight)?;
+            }
+        }
+        self.norm.weight = f("model.norm.weight", &self.norm.weight)?;
+        if tied {
+            self.lm_head.kind = LinearKind::Dense(self.embed_tokens.clone());
+        } else {
+            self.lm_head.kind = LinearKind::Dense(f("lm_head.weight", &self.lm_head.base_dense(dtype)?)?);
+        }
+        Ok(())
+    }
+
+    /// Whether `lm_head` shares the embedding matrix.
+    pub fn lm_head_tied(&self) -> bool {
+        matches!(&self.lm_head.kind, LinearKind::Dense(w) if w.id() == self.embed_tokens.id())
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -317,7 +370,12 @@ impl Model {
         };
         let all = matches!(logits, Logits::All);
         let h = self.norm.forward(&h, differentiable)?;
-        let out = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        let out = self.lm_head.forward(&h)?;
+        let out = out.to_dtype(if out.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        })?;
         Ok(if all { out } else { out.squeeze(1)? })
     }
 
@@ -423,11 +481,16 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let sdt = if q.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(sdt)?;
         let scores = match mask {
             Some(m) => {
                 let sc = scores.reshape((b, nkv, rep, t, s))?;
-                let m = m.unsqueeze(1)?; // [B|1, 1, 1, T, S]
+                let m = m.unsqueeze(1)?.to_dtype(sdt)?; // [B|1, 1, 1, T, S]
                 sc.broadcast_add(&m)?.reshape((b, nkv, rep * t, s))?
             }
             None => scores,
