@@ -444,7 +444,7 @@ impl GgufFile {
 pub fn qtensor_from_bytes(dtype: GgmlDType, bytes: &[u8], shape: Vec<usize>, device: &Device) -> Result<QTensor> {
     let n: usize = shape.iter().product();
     let need = n / dtype.block_size() * dtype.type_size();
-    if bytes.len() < need || n % dtype.block_size() != 0 {
+    if bytes.len() < need || !n.is_multiple_of(dtype.block_size()) {
         return Err(Error::msg(format!(
             "{} bytes do not hold a {} tensor of shape {shape:?} ({need} bytes needed)",
             bytes.len(),
@@ -452,7 +452,7 @@ pub fn qtensor_from_bytes(dtype: GgmlDType, bytes: &[u8], shape: Vec<usize>, dev
         )));
     }
     let bytes = &bytes[..need];
-    if (bytes.as_ptr() as usize) % 8 == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(8) {
         return Ok(qtensor_from_ggml(dtype, bytes, shape, device)?);
     }
     let mut aligned = vec![0u64; need.div_ceil(8)];
@@ -496,7 +496,7 @@ impl GgufWriter {
         };
         let n: u64 = t.dims.iter().product();
         let need = n / dtype.block_size() as u64 * dtype.type_size() as u64;
-        if t.data.len() as u64 != need || t.dims[0] % dtype.block_size() as u64 != 0 {
+        if t.data.len() as u64 != need || !t.dims[0].is_multiple_of(dtype.block_size() as u64) {
             return Err(Error::tensor(
                 name,
                 format!(
