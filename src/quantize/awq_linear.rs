@@ -12,8 +12,8 @@
 //! the compiler vectorises. Decode memory traffic is 1/4 (vs f16) or 1/8 (vs f32) of a dense
 //! weight, which is what bounds single-token decoding.
 use super::rtn::GroupQuant;
+use super::QuantLinear;
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -194,25 +194,17 @@ impl AwqLinear {
         }
         Ok(y)
     }
+}
 
-    /// candle entry point: `x` [..., in] of any float dtype → [..., out] in x's dtype.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        match dims.last() {
-            Some(&d) if d == self.in_features => {}
-            _ => {
-                return Err(Error::invalid(
-                    "AwqLinear input",
-                    format!("shape {dims:?}, last dim must be {}", self.in_features),
-                ))
-            }
-        }
-        let n = dims[..dims.len() - 1].iter().product();
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let y = self.forward_f32(&xs, n)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("checked non-empty above") = self.out_features;
-        Ok(Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())?)
+impl QuantLinear for AwqLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+    fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        AwqLinear::forward_f32(self, x, n)
     }
 }
 
@@ -237,6 +229,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Tensor};
     use rand::{Rng, SeedableRng};
 
     fn random_layer(rng: &mut rand::rngs::StdRng, out: usize, inf: usize, gs: usize, bias: bool) -> AwqLinear {
