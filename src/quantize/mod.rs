@@ -5,6 +5,7 @@
 pub mod awq;
 pub mod awq_linear;
 pub mod bnb;
+pub mod gguf_quant;
 pub mod rtn;
 
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use candle_core::{DType, Tensor};
 pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
 pub use awq_linear::AwqLinear;
 pub use bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
+pub use gguf_quant::quantize_for_gguf;
 pub use rtn::{pseudo_quantize, GroupQuant};
 
 /// A linear layer whose weight stays quantized: `y = x W^T (+ b)`.
