@@ -100,13 +100,13 @@ fn spec_decode(dtype: GgmlDType, b: &[u8]) -> Vec<f32> {
         }
         GgmlDType::Q6K => {
             let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], hr(&b[208..]));
-            for e in 0..256 {
+            for (e, v) in y.iter_mut().enumerate() {
                 let (hh, t) = (e / 128, e % 128);
                 let (k, l) = (t / 32, t % 32);
                 let lo = (ql[64 * hh + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0xF;
                 let hi = (qh[32 * hh + l] >> (2 * k)) & 3;
                 let q = (lo | (hi << 4)) as i32 - 32;
-                y[e] = d * (sc[8 * hh + l / 16 + 2 * k] as i8) as f32 * q as f32;
+                *v = d * (sc[8 * hh + l / 16 + 2 * k] as i8) as f32 * q as f32;
             }
         }
         _ => unreachable!("test covers the types above"),
