@@ -3,6 +3,7 @@
 //! source (load) → model → generate → quantize → merge → eval → train → serve.
 pub mod error;
 pub mod fsutil;
+pub mod model;
 pub mod quantize;
 pub mod source;
 

@@ -1,0 +1,432 @@
+//! The Mistral / Llama decoder in one readable file: RMSNorm, rotary embeddings, grouped-query
+//! attention with an optional sliding window, SwiGLU MLP, and a KV cache.
+//!
+//! One `forward` serves generation, scoring, evaluation, serving and training. Training needs
+//! gradients, so `differentiable` switches the fused no-backward kernels (rope, softmax,
+//! rms-norm) for their composed equivalents.
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::linear::{Linear, Weight};
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Where a source's tensors come from, by Hugging Face name.
+pub trait WeightSource {
+    fn get(&self, name: &str) -> Result<Weight>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+/// Which positions' logits `forward` returns.
+#[derive(Debug, Clone)]
+pub enum Logits {
+    /// Every position: `[B, T, V]`.
+    All,
+    /// The last position of every row: `[B, V]`.
+    Last,
+    /// Row `b`'s logits at position `at[b]` (right-padded batches): `[B, V]`.
+    At(Vec<usize>),
+}
+
+/// Optional inputs for batched or offset forwards.
+#[derive(Default, Clone)]
+pub struct ForwardOpts<'a> {
+    /// `[B, cached + T]` with 1 for real tokens and 0 for padding (left-padded batches).
+    pub key_mask: Option<&'a Tensor>,
+    /// `[B, T]` explicit positions (u32); default: cached + 0..T.
+    pub positions: Option<&'a Tensor>,
+    /// Use ops with backward passes (training).
+    pub differentiable: bool,
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if differentiable {
+            let dt = x.dtype();
+            let xf = x.to_dtype(DType::F32)?;
+            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            let y = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dt)?;
+            Ok(y.broadcast_mul(&self.weight)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?)
+        }
+    }
+}
+
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let max = cfg.max_position_embeddings.clamp(4096, 1 << 17);
+        // Frequencies in f32 as transformers computes them (inv_freq = 1 / theta^(2i/d)).
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, half), device)?;
+        let t = Tensor::arange(0u32, max as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max, 1))?;
+        let freqs = t.broadcast_mul(&inv)?;
+        Ok(Rotary {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// cos/sin for the given positions: `[T, D/2]` (shared) or `[B, T, D/2]`.
+    fn tables(&self, offset: usize, t: usize, positions: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let max = self.cos.dims()[0];
+        match positions {
+            None => {
+                if offset + t > max {
+                    return Err(Error::invalid(
+                        "sequence",
+                        format!("position {} exceeds the rotary table ({max})", offset + t),
+                    ));
+                }
+                Ok((self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?))
+            }
+            Some(p) => {
+                let (b, t) = p.dims2()?;
+                let flat = p.flatten_all()?;
+                let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, ()))?;
+                let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, ()))?;
+                Ok((cos, sin))
+            }
+        }
+    }
+
+    fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if differentiable {
+            Ok(candle_nn::rotary_emb::rope_slow(x, cos, sin)?)
+        } else {
+            Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
+        }
+    }
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct Block {
+    input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    norm: RmsNorm,
+    pub lm_head: Linear,
+    rotary: Rotary,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+fn expect_shape(name: &str, w: &Weight, want: &[usize]) -> Result<()> {
+    let got = w.dims();
+    if got != want {
+        return Err(Error::tensor(
+            name,
+            format!("shape {got:?} does not match the config's {want:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Model {
+    /// Build the decoder from a weight source (names as in Hugging Face checkpoints).
+    pub fn new(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Self> {
+        let (h, kvd, qd, f) = (
+            cfg.hidden_size,
+            cfg.num_key_value_heads * cfg.head_dim,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let mut get = |name: &str, shape: &[usize]| -> Result<Weight> {
+            progress(name);
+            let w = src.get(name)?;
+            expect_shape(name, &w, shape)?;
+            Ok(match w {
+                Weight::Dense(t) => Weight::Dense(t.to_device(device)?),
+                q => q,
+            })
+        };
+        let linear = |w: Weight| Linear::new(w, dtype);
+        let norm = |w: Weight| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: w.to_dense(dtype)?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+
+        let embed_w = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = embed_w.to_dense(dtype)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let self_attn = Attention {
+                q_proj: linear(get(&format!("{p}.self_attn.q_proj.weight"), &[qd, h])?)?,
+                k_proj: linear(get(&format!("{p}.self_attn.k_proj.weight"), &[kvd, h])?)?,
+                v_proj: linear(get(&format!("{p}.self_attn.v_proj.weight"), &[kvd, h])?)?,
+                o_proj: linear(get(&format!("{p}.self_attn.o_proj.weight"), &[h, qd])?)?,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+            };
+            let mlp = Mlp {
+                gate_proj: linear(get(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?)?,
+                up_proj: linear(get(&format!("{p}.mlp.up_proj.weight"), &[f, h])?)?,
+                down_proj: linear(get(&format!("{p}.mlp.down_proj.weight"), &[h, f])?)?,
+            };
+            layers.push(Block {
+                input_layernorm: norm(get(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+                self_attn,
+                post_attention_layernorm: norm(get(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+                mlp,
+            });
+        }
+        let norm_w = norm(get("model.norm.weight", &[h])?)?;
+        let lm_head = if !cfg.tie_word_embeddings || src.contains("lm_head.weight") {
+            linear(get("lm_head.weight", &[cfg.vocab_size, h])?)?
+        } else {
+            // Tied: reuse the embedding weight; keep GGUF blocks quantized for the fast path.
+            match embed_w {
+                Weight::Quant(q) => Linear::new(Weight::Quant(q), dtype)?,
+                Weight::Dense(_) => Linear::Dense(embed_tokens.clone()),
+            }
+        };
+        Ok(Model {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm: norm_w,
+            lm_head,
+            rotary: Rotary::new(cfg, dtype, device)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Logits for `tokens` (`[B, T]`, u32) following whatever `cache` already holds.
+    pub fn forward(&self, tokens: &Tensor, cache: &mut KvCache, logits: Logits, opts: &ForwardOpts) -> Result<Tensor> {
+        let h = self.embed(tokens)?;
+        let h = self.forward_layers(h, 0..self.layers.len(), cache, opts)?;
+        self.head(&h, logits, opts.differentiable)
+    }
+
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let ids = tokens.flatten_all()?;
+        if let Some(&max) = ids.to_vec1::<u32>()?.iter().max() {
+            if max as usize >= self.cfg.vocab_size {
+                return Err(Error::invalid(
+                    "token id",
+                    format!("{max} is outside the vocabulary ({})", self.cfg.vocab_size),
+                ));
+            }
+        }
+        Ok(self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, ()))?)
+    }
+
+    /// Run decoder layers `range` over hidden states `[B, T, H]`.
+    pub fn forward_layers(
+        &self,
+        mut h: Tensor,
+        range: std::ops::Range<usize>,
+        cache: &mut KvCache,
+        opts: &ForwardOpts,
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let offset = cache.seq_len();
+        let s = offset + t;
+        let (cos, sin) = self.rotary.tables(offset, t, opts.positions)?;
+        let mask = self.attention_bias(b, t, offset, opts.key_mask)?;
+        for i in range {
+            h = self.layers[i].forward(&h, i, &cos, &sin, mask.as_ref(), cache, opts.differentiable)?;
+        }
+        debug_assert_eq!(cache.seq_len(), s);
+        Ok(h)
+    }
+
+    pub fn head(&self, h: &Tensor, logits: Logits, differentiable: bool) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let h = match &logits {
+            Logits::All => h.clone(),
+            Logits::Last => h.narrow(1, t - 1, 1)?,
+            Logits::At(at) => {
+                if at.len() != b || at.iter().any(|&p| p >= t) {
+                    return Err(Error::invalid(
+                        "logits positions",
+                        format!("{at:?} for a batch of {b}x{t}"),
+                    ));
+                }
+                let rows: Vec<Tensor> = at
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| h.narrow(0, i, 1)?.narrow(1, p, 1))
+                    .collect::<candle_core::Result<_>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        };
+        let all = matches!(logits, Logits::All);
+        let h = self.norm.forward(&h, differentiable)?;
+        let out = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        Ok(if all { out } else { out.squeeze(1)? })
+    }
+
+    /// Additive attention bias `[B|1, 1, T, S]`: causal, sliding window, padding. None when no
+    /// position needs masking (single-token decode without padding).
+    fn attention_bias(&self, b: usize, t: usize, offset: usize, key_mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let s = offset + t;
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        let needs_window = s > window;
+        if t == 1 && key_mask.is_none() && !needs_window {
+            return Ok(None);
+        }
+        let km: Option<Vec<u32>> = match key_mask {
+            Some(m) => {
+                let (mb, ms) = m.dims2()?;
+                if mb != b || ms != s {
+                    return Err(Error::invalid(
+                        "attention mask",
+                        format!("shape [{mb}, {ms}], expected [{b}, {s}]"),
+                    ));
+                }
+                Some(m.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?)
+            }
+            None => None,
+        };
+        let rows = if km.is_some() { b } else { 1 };
+        let mut bias = vec![0f32; rows * t * s];
+        for r in 0..rows {
+            for q in 0..t {
+                let qp = offset + q;
+                for k in 0..s {
+                    let visible = k <= qp && qp - k < window && km.as_ref().is_none_or(|m| m[r * s + k] != 0);
+                    if !visible {
+                        bias[(r * t + q) * s + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(bias, (rows, 1, t, s), &self.device)?))
+    }
+}
+
+impl Block {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward(
+            &self.input_layernorm.forward(x, differentiable)?,
+            layer,
+            cos,
+            sin,
+            mask,
+            cache,
+            differentiable,
+        )?;
+        let x = (x + a)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x, differentiable)?)?;
+        Ok((x + m)?)
+    }
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+impl Attention {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = Rotary::apply(&q.contiguous()?, cos, sin, differentiable)?;
+        let k = Rotary::apply(&k.contiguous()?, cos, sin, differentiable)?;
+        let (k, v) = cache.append(layer, &k, &v.contiguous()?)?;
+        let s = k.dims()[2];
+        // Grouped-query attention without copying K/V per head: fold the `rep` query heads that
+        // share a KV head into the row dimension.
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => {
+                let sc = scores.reshape((b, nkv, rep, t, s))?;
+                let m = m.unsqueeze(1)?; // [B|1, 1, 1, T, S]
+                sc.broadcast_add(&m)?.reshape((b, nkv, rep * t, s))?
+            }
+            None => scores,
+        };
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.to_dtype(v.dtype())?.matmul(&v)?; // [B, nkv, rep*T, D]
+        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
