@@ -4,6 +4,7 @@
 //! any of them without expanding weights to f32.
 pub mod awq;
 pub mod awq_linear;
+pub mod awq_model;
 pub mod awq_search;
 pub mod bnb;
 pub mod gguf_quant;

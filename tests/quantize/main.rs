@@ -2,6 +2,7 @@
 use rand::Rng;
 
 mod awq;
+mod awq_model;
 mod awq_search;
 mod bnb;
 mod gguf;
