@@ -23,10 +23,7 @@ use crate::error::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
 
-/// Batches at least this large go through dequantize + GEMM.
-const GEMM_MIN_ROWS: usize = 16;
-/// Output rows dequantized per GEMM call.
-const GEMM_TILE: usize = 256;
+use super::GEMM_MIN_ROWS;
 /// Input rows processed together by the decode kernel.
 const X_BATCH: usize = 8;
 
@@ -49,6 +46,12 @@ pub struct AwqLinear {
 impl AwqLinear {
     pub fn new(gq: &GroupQuant, bias: Option<Vec<f32>>) -> Result<Self> {
         gq.validate("AwqLinear")?;
+        if gq.in_features == 0 || gq.out_features == 0 {
+            return Err(Error::invalid(
+                "AwqLinear shape",
+                format!("[{}, {}] has no weights", gq.out_features, gq.in_features),
+            ));
+        }
         if !gq.group_size.is_multiple_of(8) {
             return Err(Error::invalid(
                 "group_size",
@@ -262,24 +265,9 @@ impl AwqLinear {
 
     /// Large-batch kernel: exact dequantization of row tiles, candle GEMM per tile.
     fn forward_gemm(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let (inf, outf) = (self.in_features, self.out_features);
-        let dev = candle_core::Device::Cpu;
-        let xt = candle_core::Tensor::from_slice(x, (n, inf), &dev)?;
-        let mut y = vec![0f32; n * outf];
-        let mut buf = vec![0f32; GEMM_TILE * inf];
-        for o0 in (0..outf).step_by(GEMM_TILE) {
-            let rows = GEMM_TILE.min(outf - o0);
-            buf[..rows * inf]
-                .par_chunks_mut(inf)
-                .enumerate()
-                .for_each(|(k, dst)| self.dequant_row(o0 + k, dst));
-            let wt = candle_core::Tensor::from_slice(&buf[..rows * inf], (rows, inf), &dev)?;
-            let yt = xt.matmul(&wt.t()?)?.to_vec2::<f32>()?;
-            for (r, yr) in yt.iter().enumerate() {
-                y[r * outf + o0..r * outf + o0 + rows].copy_from_slice(yr);
-            }
-        }
-        Ok(y)
+        super::gemm_by_row_tiles(self.out_features, self.in_features, x, n, |o, dst| {
+            self.dequant_row(o, dst)
+        })
     }
 
     /// Scalar reference: dequantize everything, then a plain triple loop.

@@ -408,12 +408,30 @@ impl Bnb4Linear {
         }
     }
 
-    /// Dequantize flat elements [start, start + dst.len()) as `table[code] * absmax[block]`.
+    /// Dequantize flat elements [start, start + dst.len()) as `table[code] * absmax[block]`:
+    /// block by block (absmax hoisted), two codes per byte.
     fn dequant_range(&self, start: usize, dst: &mut [f32]) {
         let table = self.kind.table();
-        for (j, d) in dst.iter_mut().enumerate() {
-            let k = start + j;
-            *d = table[self.code(k) as usize] * self.absmax[k / self.block_size];
+        let (bs, end) = (self.block_size, start + dst.len());
+        let (mut k, mut j) = (start, 0);
+        while k < end {
+            let blk = k / bs;
+            let stop = ((blk + 1) * bs).min(end);
+            let a = self.absmax[blk];
+            if k % 2 == 1 {
+                dst[j] = table[self.code(k) as usize] * a;
+                (k, j) = (k + 1, j + 1);
+            }
+            while k + 1 < stop {
+                let b = self.packed[k / 2];
+                dst[j] = table[(b >> 4) as usize] * a;
+                dst[j + 1] = table[(b & 0xF) as usize] * a;
+                (k, j) = (k + 2, j + 2);
+            }
+            if k < stop {
+                dst[j] = table[self.code(k) as usize] * a;
+                (k, j) = (k + 1, j + 1);
+            }
         }
     }
 
@@ -438,6 +456,15 @@ impl QuantLinear for Bnb4Linear {
     fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         let (out, inf) = (self.out_features, self.in_features);
         check_input("Bnb4Linear input", x, n, inf)?;
+        if n >= super::GEMM_MIN_ROWS {
+            let mut y = super::gemm_by_row_tiles(out, inf, x, n, |o, dst| self.dequant_range(o * inf, dst))?;
+            if let Some(b) = &self.bias {
+                for row in y.chunks_exact_mut(out) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
+            }
+            return Ok(y);
+        }
         let mut yt = vec![0f32; out * n];
         yt.par_chunks_mut(n.max(1)).take(out).enumerate().for_each_init(
             || vec![0f32; inf],

@@ -11,7 +11,8 @@ pub mod gguf_quant;
 pub mod rtn;
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
 pub use awq_linear::AwqLinear;
@@ -45,4 +46,38 @@ pub trait QuantLinear: Send + Sync {
         out_dims.push(self.out_features());
         Ok(Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())?)
     }
+}
+
+/// Batches at least this large go through dequantize + GEMM instead of the decode kernels.
+pub(crate) const GEMM_MIN_ROWS: usize = 16;
+/// Output rows dequantized per GEMM call (256 x 4096 f32 = 4 MiB).
+const GEMM_TILE: usize = 256;
+
+/// `y = x W^T` for x [n, in] by dequantizing `GEMM_TILE` rows of W at a time (`dequant_row(o,
+/// dst)` fills row o) and using candle's blocked, SIMD, multithreaded GEMM: the dequantization
+/// is amortised over the n input rows.
+pub(crate) fn gemm_by_row_tiles(
+    out: usize,
+    inf: usize,
+    x: &[f32],
+    n: usize,
+    dequant_row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(x, (n, inf), &dev)?;
+    let mut y = vec![0f32; n * out];
+    let mut buf = vec![0f32; GEMM_TILE.min(out) * inf];
+    for o0 in (0..out).step_by(GEMM_TILE) {
+        let rows = GEMM_TILE.min(out - o0);
+        buf[..rows * inf]
+            .par_chunks_mut(inf)
+            .enumerate()
+            .for_each(|(k, dst)| dequant_row(o0 + k, dst));
+        let wt = Tensor::from_slice(&buf[..rows * inf], (rows, inf), &dev)?;
+        let yt = xt.matmul(&wt.t()?)?.to_vec2::<f32>()?;
+        for (r, yr) in yt.iter().enumerate() {
+            y[r * out + o0..r * out + o0 + rows].copy_from_slice(yr);
+        }
+    }
+    Ok(y)
 }

@@ -60,10 +60,14 @@ fn four_bit_round_trip_error_is_bounded_and_matmul_matches_dequantized() {
             let absmax = l.absmax()[k / 64];
             assert!((a - b).abs() <= 0.5 * gap * absmax + 1e-7, "{kind:?}[{k}]: {a} vs {b}");
         }
-        let want: Vec<f32> = naive_matmul(&x, &deq, n, inf, out).iter().map(|v| v + 0.5).collect();
-        let got = l.forward_f32(&x, n).unwrap();
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-4, "{kind:?}: {a} vs {b}");
+        // n = 5 runs the per-row kernel, n = 20 the dequantize + GEMM path.
+        for n in [n, 20] {
+            let x = randn(&mut rng, n * inf, 1.0);
+            let want: Vec<f32> = naive_matmul(&x, &deq, n, inf, out).iter().map(|v| v + 0.5).collect();
+            let got = l.forward_f32(&x, n).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{kind:?} n{n}: {a} vs {b}");
+            }
         }
         assert!(l.forward_f32(&x[1..], n).is_err());
     }
