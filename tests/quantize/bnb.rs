@@ -125,6 +125,12 @@ fn int8_rowwise_absmax_with_outlier_columns() {
     let x1 = &x[inf..2 * inf];
     let exact: f32 = (0..inf).map(|i| x1[i] * deq[i]).sum();
     assert!((got[out] - exact).abs() < 0.05, "{} vs {exact}", got[out]);
+    // Large batches take the dequantize + GEMM path: exact against the dequantized weight.
+    let xb = randn(&mut rng, 20 * inf, 1.0);
+    let (got_b, want_b) = (l.forward_f32(&xb, 20).unwrap(), naive_matmul(&xb, &deq, 20, inf, out));
+    for (a, b) in got_b.iter().zip(&want_b) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
     // candle entry point through the trait
     let xt = candle_core::Tensor::from_vec(x.clone(), (n, inf), &candle_core::Device::Cpu).unwrap();
     let yt = l.forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
