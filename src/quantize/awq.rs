@@ -176,7 +176,7 @@ fn nib(word: i32, j: usize) -> u8 {
 pub fn pack_gemm(gq: &GroupQuant) -> Result<AwqPacked> {
     gq.validate("pack_gemm")?;
     let (o, i, ng) = (gq.out_features, gq.in_features, gq.n_groups());
-    if o % 8 != 0 {
+    if !o.is_multiple_of(8) {
         return Err(Error::invalid(
             "out_features",
             format!("{o} is not a multiple of 8 (GEMM packing)"),
@@ -217,7 +217,7 @@ pub fn pack_gemm(gq: &GroupQuant) -> Result<AwqPacked> {
 pub fn pack_gemv(gq: &GroupQuant) -> Result<AwqPacked> {
     gq.validate("pack_gemv")?;
     let (o, i, ng) = (gq.out_features, gq.in_features, gq.n_groups());
-    if i % 8 != 0 {
+    if !i.is_multiple_of(8) {
         return Err(Error::invalid(
             "in_features",
             format!("{i} is not a multiple of 8 (GEMV packing)"),

@@ -158,6 +158,41 @@ impl Int8Linear {
         })
     }
 
+    /// From stored row-wise codes and per-row absmax (bitsandbytes' `SCB`); no weight outliers.
+    pub fn from_rowwise(
+        out: usize,
+        inf: usize,
+        codes: Vec<i8>,
+        absmax: &[f32],
+        threshold: f32,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        if out == 0 || inf == 0 || codes.len() != out * inf || absmax.len() != out {
+            return Err(Error::tensor(
+                "weight",
+                format!(
+                    "{} codes / {} row scales do not fit [{out}, {inf}]",
+                    codes.len(),
+                    absmax.len()
+                ),
+            ));
+        }
+        if let Some(r) = absmax.iter().position(|a| !a.is_finite() || *a < 0.0) {
+            return Err(Error::tensor("SCB", format!("row {r} absmax {} is invalid", absmax[r])));
+        }
+        check_bias(&bias, out)?;
+        Ok(Int8Linear {
+            out_features: out,
+            in_features: inf,
+            threshold,
+            codes,
+            row_scale: absmax.iter().map(|a| a / 127.0).collect(),
+            outlier_cols: Vec::new(),
+            outlier_w: Vec::new(),
+            bias,
+        })
+    }
+
     pub fn outlier_cols(&self) -> &[usize] {
         &self.outlier_cols
     }
@@ -415,6 +450,12 @@ impl Bnb4Linear {
 
     pub fn packed(&self) -> &[u8] {
         &self.packed
+    }
+    pub fn kind(&self) -> Bnb4Kind {
+        self.kind
+    }
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
     pub fn absmax(&self) -> &[f32] {
         &self.absmax

@@ -7,6 +7,7 @@ pub mod awq_linear;
 pub mod awq_model;
 pub mod awq_search;
 pub mod bnb;
+pub mod bnb_ckpt;
 pub mod gguf_quant;
 pub mod rtn;
 

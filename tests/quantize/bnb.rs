@@ -1,8 +1,12 @@
 //! bitsandbytes-style int8 (LLM.int8) and NF4/FP4 formats.
 use crate::{naive_matmul, randn};
+use biomistral::quantize::awq::RawTensor;
 use biomistral::quantize::bnb::{Bnb4Kind, Bnb4Linear, Int8Linear, FP4_TABLE, NF4_TABLE};
+use biomistral::quantize::bnb_ckpt::{bnb4_module_tensors, load_bnb4_linear, load_int8_linear, BnbConfig};
 use biomistral::quantize::QuantLinear;
 use rand::SeedableRng;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 #[test]
 fn nf4_and_fp4_dequantize_unit_vectors_to_the_code_tables() {
@@ -144,4 +148,161 @@ fn int8_rowwise_absmax_with_outlier_columns() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("layer.w"), "{e}");
+}
+
+// ---- Hugging Face bitsandbytes checkpoints ----
+
+fn serialize(ts: &[(String, RawTensor)]) -> Vec<u8> {
+    let views: Vec<_> = ts
+        .iter()
+        .map(|(n, t)| (n.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn bnb4_checkpoint_round_trip_and_double_quantization() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let w = randn(&mut rng, 37 * 100, 0.05);
+    for kind in [Bnb4Kind::Nf4, Bnb4Kind::Fp4] {
+        let l = Bnb4Linear::quantize("w", kind, &w, 37, 100, 64, None).unwrap();
+        let bytes = serialize(&bnb4_module_tensors("m", &l));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let back = load_bnb4_linear(&st, "m", None).unwrap();
+        assert_eq!(back.dequantize(), l.dequantize(), "{kind:?}");
+    }
+    // Double quantization: absmax = nested_quant_map[code] * nested_absmax + offset.
+    let l = Bnb4Linear::quantize("w", Bnb4Kind::Nf4, &w[..256], 2, 128, 64, None).unwrap();
+    let mut ts = bnb4_module_tensors("m", &l);
+    let codes = [0u8, 100, 200, 255];
+    ts[1].1 = RawTensor {
+        dtype: Dtype::U8,
+        shape: vec![4],
+        data: codes.to_vec(),
+    };
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let nmap: Vec<f32> = (0..256).map(|i| i as f32 / 255.0).collect();
+    ts.push((
+        "m.weight.nested_absmax".into(),
+        RawTensor {
+            dtype: Dtype::F32,
+            shape: vec![1],
+            data: f32b(&[2.0]),
+        },
+    ));
+    ts.push((
+        "m.weight.nested_quant_map".into(),
+        RawTensor {
+            dtype: Dtype::F32,
+            shape: vec![256],
+            data: f32b(&nmap),
+        },
+    ));
+    let state = serde_json::json!({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [2, 128],
+        "nested_blocksize": 256, "nested_offset": 0.5, "nested_dtype": "float32"});
+    let sb = state.to_string().into_bytes();
+    ts[3].1 = RawTensor {
+        dtype: Dtype::U8,
+        shape: vec![sb.len()],
+        data: sb,
+    };
+    let bytes = serialize(&ts);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let back = load_bnb4_linear(&st, "m", None).unwrap();
+    let want_absmax: Vec<f32> = codes.iter().map(|&c| nmap[c as usize] * 2.0 + 0.5).collect();
+    assert_eq!(back.absmax(), want_absmax.as_slice());
+    let deq = back.dequantize();
+    for (k, v) in deq.iter().enumerate() {
+        let code = if k.is_multiple_of(2) {
+            l.packed()[k / 2] >> 4
+        } else {
+            l.packed()[k / 2] & 0xF
+        };
+        assert_eq!(*v, NF4_TABLE[code as usize] * want_absmax[k / 64]);
+    }
+}
+
+#[test]
+fn int8_checkpoint_and_bad_bnb_checkpoints() {
+    let codes: Vec<i8> = (0..6 * 10).map(|i| (i * 37 % 255 - 127) as i8).collect();
+    let scb = [1.0f32, 2.0, 0.5, 127.0, 0.0, 3.0];
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ts = vec![
+        (
+            "m.weight".to_string(),
+            RawTensor {
+                dtype: Dtype::I8,
+                shape: vec![6, 10],
+                data: codes.iter().map(|&c| c as u8).collect(),
+            },
+        ),
+        (
+            "m.SCB".to_string(),
+            RawTensor {
+                dtype: Dtype::F32,
+                shape: vec![6],
+                data: f32b(&scb),
+            },
+        ),
+    ];
+    let bytes = serialize(&ts);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let l = load_int8_linear(&st, "m", 6.0, None).unwrap();
+    let deq = l.dequantize();
+    for (k, v) in deq.iter().enumerate() {
+        assert!((v - codes[k] as f32 * scb[k / 10] / 127.0).abs() < 1e-6);
+    }
+    let e = load_int8_linear(&st, "x", 6.0, None).unwrap_err().to_string();
+    assert!(e.contains("x.weight") && e.contains("missing"), "{e}");
+    let bad = serialize(&[
+        ts[0].clone(),
+        (
+            "m.SCB".to_string(),
+            RawTensor {
+                dtype: Dtype::F32,
+                shape: vec![5],
+                data: f32b(&scb[..5]),
+            },
+        ),
+    ]);
+    let e = load_int8_linear(&SafeTensors::deserialize(&bad).unwrap(), "m", 6.0, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("m.SCB"), "{e}");
+
+    // 4-bit: missing quant state, foreign code table, wrong absmax count.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let l = Bnb4Linear::quantize("w", Bnb4Kind::Nf4, &randn(&mut rng, 4 * 64, 0.1), 4, 64, 64, None).unwrap();
+    let good = bnb4_module_tensors("m", &l);
+    let check = |ts: &[(String, RawTensor)], want: &str| {
+        let bytes = serialize(ts);
+        let e = load_bnb4_linear(&SafeTensors::deserialize(&bytes).unwrap(), "m", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    };
+    check(&good[..3], "quant_state");
+    let mut t = good.clone();
+    t[2].1.data = f32b(&FP4_TABLE);
+    check(&t, "m.weight.quant_map");
+    let mut t = good.clone();
+    t[1].1 = RawTensor {
+        dtype: Dtype::F32,
+        shape: vec![3],
+        data: f32b(&[1.0, 1.0, 1.0]),
+    };
+    check(&t, "m.weight.absmax");
+
+    // quantization_config
+    let c = BnbConfig::from_json(
+        &serde_json::json!({"quantization_config": {"quant_method": "bitsandbytes",
+        "load_in_4bit": true, "bnb_4bit_quant_type": "nf4", "llm_int8_skip_modules": ["lm_head"]}}),
+    )
+    .unwrap();
+    assert_eq!((c.load_in_4bit, c.quant_type, c.threshold), (true, Bnb4Kind::Nf4, 6.0));
+    assert_eq!(c.skip_modules, vec!["lm_head".to_string()]);
+    let e = BnbConfig::from_json(&serde_json::json!({"quant_method": "bitsandbytes"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("load_in_4bit"), "{e}");
 }
