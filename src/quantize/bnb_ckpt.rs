@@ -1,11 +1,11 @@
 //! Hugging Face bitsandbytes checkpoints (e.g. BioMistral-7B-BnB.4 / BnB.8), as transformers
 //! serializes them:
 //! * 4-bit: `<m>.weight` u8 [ceil(n/2), 1] (two codes per byte, first in the high nibble),
-//!   `<m>.weight.absmax` f32 [n_blocks] (or u8 codes with double quantization:
+//!   `<m>.weight.absmax` f32 `[n_blocks]` (or u8 codes with double quantization:
 //!   `absmax = nested_quant_map[code] * nested_absmax[block / nested_blocksize] + nested_offset`),
-//!   `<m>.weight.quant_map` f32 [16], and `<m>.weight.quant_state.bitsandbytes__{nf4,fp4}`: a u8
+//!   `<m>.weight.quant_map` f32 `[16]`, and `<m>.weight.quant_state.bitsandbytes__{nf4,fp4}`: a u8
 //!   tensor holding JSON (`quant_type`, `blocksize`, `shape`, `dtype`, nested fields).
-//! * 8-bit: `<m>.weight` i8 [out, in] and `<m>.SCB` f32 [out] (row absmax; w = q * SCB / 127).
+//! * 8-bit: `<m>.weight` i8 `[out, in]` and `<m>.SCB` f32 `[out]` (row absmax; w = q * SCB / 127).
 use super::awq::RawTensor;
 use super::bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
 use crate::error::{Error, Result};

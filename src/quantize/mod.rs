@@ -1,7 +1,18 @@
-//! Quantization formats and kernels: AutoAWQ int4 (pack/unpack, checkpoints, packed linear),
-//! AutoAWQ-exact round-to-nearest, bitsandbytes-style int8 / NF4 / FP4, and GGUF block types.
-//! Each format keeps its codes in memory and exposes a matmul, so the model's `Linear` can hold
-//! any of them without expanding weights to f32.
+//! Quantization formats and kernels. Every format keeps its codes in memory and implements
+//! [`QuantLinear`] (`y = x W^T + b` without expanding W), so the model's `Linear` can hold any of
+//! them behind one variant, e.g. `Linear::Custom(Arc<dyn QuantLinear>)` calling
+//! [`QuantLinear::forward`] (any float dtype, shape `[..., in]`).
+//!
+//! * [`awq`]: AutoAWQ checkpoints. [`AwqConfig::from_json`] on config.json, then per module
+//!   [`load_awq_linear`]`(&safetensors, "model.layers.0.self_attn.q_proj", &cfg)` → [`AwqLinear`]
+//!   (packed int4; [`awq_linear`] documents the kernels). [`write_awq_checkpoint`] writes one.
+//!   [`awq_model::dequantize_awq_checkpoint`] gives plain f32 weights instead.
+//! * [`rtn`]: AutoAWQ-exact round-to-nearest ([`pseudo_quantize`]), the quantizer AWQ ends with.
+//! * [`awq_search`] / [`awq_model`]: the activation-aware search itself, generic over a block
+//!   closure and wired to the engine's decoder ([`awq_model::awq_quantize_model`]).
+//! * [`bnb`]: LLM.int8() ([`Int8Linear`]) and NF4/FP4 ([`Bnb4Linear`]); [`bnb_ckpt`] loads and
+//!   writes them in transformers' bitsandbytes serialization.
+//! * [`gguf_quant`]: per-tensor GGUF block encoding ([`quantize_for_gguf`]).
 pub mod awq;
 pub mod awq_linear;
 pub mod awq_model;
