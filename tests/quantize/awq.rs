@@ -280,6 +280,12 @@ fn config_errors_name_the_field() {
     assert!(e.contains("bits") && e.contains("missing"), "{e}");
     let e = bad(serde_json::json!({"bits": 4, "group_size": 128, "zero_point": false}));
     assert!(e.contains("zero_point"), "{e}");
+    let c = AwqConfig::from_json(&serde_json::json!({"bits": 4, "group_size": 128,
+        "modules_to_not_convert": ["lm_head", "mlp.gate"]}))
+    .unwrap();
+    assert!(c.skips("model.layers.3.mlp.gate_proj") && !c.skips("model.layers.3.mlp.up_proj"));
+    let e = bad(serde_json::json!({"bits": 4, "group_size": 128, "modules_to_not_convert": [1]}));
+    assert!(e.contains("modules_to_not_convert"), "{e}");
     // AutoAWQ's own key names are accepted too.
     let c = AwqConfig::from_json(&serde_json::json!({"w_bit": 4, "q_group_size": 64, "version": "GEMV"})).unwrap();
     assert_eq!((c.group_size, c.version), (64, AwqVersion::Gemv));
@@ -359,4 +365,31 @@ fn tensors_disagreeing_with_config_are_errors() {
         scales: vec![f16::ONE; 16],
     };
     assert!(awq::awq_module_tensors("m", &gq, &cfg).is_err());
+    // Packers: GEMV only knows group sizes 32, 64 and >= 128; GEMM needs out % 8 == 0.
+    let gq48 = GroupQuant {
+        out_features: 8,
+        in_features: 96,
+        group_size: 48,
+        q: vec![0; 8 * 96],
+        zeros: vec![0; 16],
+        scales: vec![f16::ONE; 16],
+    };
+    let e = pack_gemv(&gq48).unwrap_err().to_string();
+    assert!(e.contains("group_size") && e.contains("48"), "{e}");
+    pack_gemm(&gq48).unwrap();
+    let gq_odd = GroupQuant {
+        out_features: 12,
+        q: vec![0; 12 * 96],
+        zeros: vec![0; 24],
+        scales: vec![f16::ONE; 24],
+        ..gq48.clone()
+    };
+    assert!(pack_gemm(&gq_odd).unwrap_err().to_string().contains("out_features"));
+    // Codes outside 0..=15 and inconsistent lengths are caught before packing.
+    let mut bad_codes = gq48.clone();
+    bad_codes.q[5] = 16;
+    assert!(pack_gemm(&bad_codes).is_err());
+    let mut short = gq48;
+    short.scales.pop();
+    assert!(pack_gemm(&short).unwrap_err().to_string().contains("inconsistent"));
 }
