@@ -150,6 +150,33 @@ fn div_cols(x: &Tensor, s: &[f32]) -> Result<Tensor> {
     scale_columns(x, &inv)
 }
 
+/// Plain round-to-nearest into the AWQ format (no calibration): every decoder linear
+/// quantized as AutoAWQ's `pseudo_quantize_tensor` on its fp16 weight, the rest kept.
+pub fn rtn_quantize_model(
+    cfg: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+    group_size: usize,
+) -> Result<AwqModelOutput> {
+    let mut w: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()?;
+    let mut modules = Vec::new();
+    for i in 0..cfg.num_hidden_layers {
+        for l in LAYER_LINEARS {
+            let prefix = format!("model.layers.{i}.{l}");
+            let name = format!("{prefix}.weight");
+            let t = w.remove(&name).ok_or_else(|| Error::tensor(&name, "missing"))?;
+            modules.push((prefix.clone(), quantize_weight(&prefix, &t, group_size)?));
+        }
+    }
+    Ok(AwqModelOutput {
+        modules,
+        tensors: w,
+        report: Vec::new(),
+    })
+}
+
 /// Run AWQ over every decoder layer. `weights`: the fp model (HF names, any float dtype);
 /// `calib`: calibration token ids `[B, T]` (u32).
 pub fn awq_quantize_model(

@@ -1,7 +1,9 @@
 //! AWQ through the engine's decoder: AutoAWQ checkpoints reproduce transformers' logits, and our
 //! own AWQ run on the tiny base model produces a loadable checkpoint with small logit error.
 use biomistral::model::{ForwardOpts, Logits, Model, ModelConfig};
-use biomistral::quantize::awq_model::{awq_quantize_model, dequantize_awq_checkpoint, TensorMap, LAYER_LINEARS};
+use biomistral::quantize::awq_model::{
+    awq_quantize_model, dequantize_awq_checkpoint, rtn_quantize_model, TensorMap, LAYER_LINEARS,
+};
 use biomistral::quantize::awq_search::{fake_quantize, AwqSearchOptions};
 use biomistral::quantize::AwqConfig;
 use candle_core::{DType, Device, Tensor};
@@ -104,4 +106,34 @@ fn awq_on_the_tiny_base_model_writes_a_working_checkpoint() {
     eprintln!("logits relative L2 error vs fp: AWQ {awq_err:.4}, RTN {rtn_err:.4}");
     assert!(awq_err < 0.02, "AWQ error {awq_err}");
     assert!(awq_err < 1.5 * rtn_err, "AWQ {awq_err} vs RTN {rtn_err}");
+}
+
+#[test]
+fn rtn_model_checkpoint_is_byte_identical_to_autoawq() {
+    // tiny_rtn_gemm is AutoAWQ's RTN (from_linear) of the same base weights cast to fp16.
+    let dir = fixture("tiny_base");
+    let cfg = ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let base = f32_map(&std::fs::read(dir.join("model.safetensors")).unwrap());
+    let out = rtn_quantize_model(&cfg, &base, 64).unwrap();
+    let qcfg = AwqConfig {
+        group_size: 64,
+        ..Default::default()
+    };
+    let base_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    out.write(tmp.path(), &qcfg, &base_json).unwrap();
+    let ours = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
+    let ours = SafeTensors::deserialize(&ours).unwrap();
+    let theirs = std::fs::read(fixture("tiny_rtn_gemm/model.safetensors")).unwrap();
+    let theirs = SafeTensors::deserialize(&theirs).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (name, t) in theirs.tensors() {
+        let o = ours.tensor(&name).unwrap();
+        assert_eq!((o.dtype(), o.shape()), (t.dtype(), t.shape()), "{name}");
+        assert!(o.data() == t.data(), "{name} differs from AutoAWQ's bytes");
+    }
+    let cj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(AwqConfig::from_json(&cj).unwrap(), qcfg);
 }
