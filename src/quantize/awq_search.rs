@@ -198,7 +198,10 @@ pub fn search_best_scale(
             .collect();
         let (mx, mn) = s.iter().fold((f32::MIN, f32::MAX), |(a, b), &v| (a.max(v), b.min(v)));
         let norm = (mx * mn).sqrt();
-        s.iter_mut().for_each(|v| *v /= norm);
+        // Like AutoAWQ: channels whose scale overflowed (x_mean^r of an extreme activation)
+        // are left unscaled rather than poisoning the weights.
+        s.iter_mut()
+            .for_each(|v| *v = if (*v / norm).is_finite() { *v / norm } else { 1.0 });
         let loss = loss_for(&s)?;
         if loss < best.loss {
             best = ScaleSearch {
