@@ -3,8 +3,10 @@
 //! source (load) → model → generate → quantize → merge → eval → train → serve.
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod quantize;
+pub mod scoring;
 pub mod source;
 
 pub use error::{Error, Result};

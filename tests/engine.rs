@@ -107,3 +107,200 @@ fn hf_copy_in_f32_matches_transformers_logits() {
         eprintln!("prompt {i}: {} tokens, max |diff| {max_abs:.2e}", ids.len());
     }
 }
+
+fn load_f32() -> Option<biomistral::source::LoadedModel> {
+    let dir = common::hf_bf16_dir()?;
+    Some(
+        load(
+            dir.to_str().unwrap(),
+            &LoadOptions {
+                dtype: Some(DType::F32),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn greedy_generations_equal_transformers() {
+    use biomistral::generate::{encode_chat, generate, GenerateRequest, Message, SamplingParams};
+    let Some(m) = load_f32() else { return };
+    let refs = common::read_json(&common::fixtures().join("hf-reference/generations.json"));
+    for g in refs["generations"].as_array().unwrap() {
+        let want_prompt: Vec<u32> = g["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let want_new: Vec<u32> = g["new_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let prompt_ids = if g["type"] == "chat" {
+            let msgs: Vec<Message> = serde_json::from_value(g["messages"].clone()).unwrap();
+            encode_chat(&m, &msgs).unwrap()
+        } else {
+            m.tokenizer.encode(g["text_in"].as_str().unwrap(), true).unwrap()
+        };
+        assert_eq!(prompt_ids, want_prompt, "prompt ids of {}", g["type"]);
+        let req = GenerateRequest {
+            prompt_ids,
+            max_new_tokens: 40,
+            sampling: SamplingParams::default(),
+            stop_strings: vec![],
+            eos_ids: vec![2],
+        };
+        let out = generate(&m, &req, None, |_| {}).unwrap();
+        assert_eq!(out.new_ids, want_new, "greedy continuation of {}", g["type"]);
+        assert_eq!(
+            m.tokenizer.decode(&out.new_ids, false).unwrap(),
+            g["text"].as_str().unwrap()
+        );
+        assert_eq!(out.stopped_at_eos, g["stopped_at_eos"].as_bool().unwrap());
+    }
+}
+
+#[test]
+fn perplexity_within_half_percent_of_transformers() {
+    let Some(m) = load_f32() else { return };
+    let refs = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let docs: Vec<Vec<u32>> = refs["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let ids = m.tokenizer.encode(d["text"].as_str().unwrap(), false).unwrap();
+            let want: Vec<u32> = d["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids[..ids.len().min(512)], want[..], "tokenization of doc {}", d["pmid"]);
+            ids
+        })
+        .collect();
+    let p = biomistral::scoring::perplexity_docs(&m.model, &docs, 512, || {}).unwrap();
+    let want = refs["aggregate"]["ppl"].as_f64().unwrap();
+    assert_eq!(
+        p.total_predicted_tokens as u64,
+        refs["aggregate"]["total_predicted_tokens"].as_u64().unwrap()
+    );
+    let rel = (p.ppl - want).abs() / want;
+    eprintln!("ppl {} vs transformers {want} (rel {rel:.2e})", p.ppl);
+    assert!(rel < 0.005, "ppl {} vs {want}", p.ppl);
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&x| x as f64).sum::<f64>() / n,
+        b.iter().map(|&x| x as f64).sum::<f64>() / n,
+    );
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+#[test]
+fn q4_1_gguf_runs_directly_close_to_reference() {
+    let Some(gguf) = common::fixture_gguf() else { return };
+    // No tokenizer.json beside the file: the tokenizer comes from GGUF metadata.
+    let m = load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let hf_tok = biomistral::source::tokenizer::Tokenizer::from_file(
+        &common::fixtures().join("smollm2-135m-instruct/tokenizer.json"),
+    )
+    .unwrap();
+    let refs = reference_logits();
+    let prompts = common::read_json(&common::fixtures().join("hf-reference/prompts.json"));
+    for p in prompts["prompts"].as_array().unwrap() {
+        let i = p["index"].as_u64().unwrap();
+        let text = p["text"].as_str().unwrap();
+        let ids = m.tokenizer.encode(text, true).unwrap();
+        assert_eq!(
+            ids,
+            hf_tok.encode(text, true).unwrap(),
+            "prompt {i}: GGUF tokenizer differs from tokenizer.json"
+        );
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let mut cache = m.model.new_cache();
+        let last: Vec<f32> = m
+            .model
+            .forward(&t, &mut cache, Logits::Last, &ForwardOpts::default())
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = f32s(&refs, &format!("logits_last.{i}"));
+        let r = pearson(&last, &want);
+        let top = biomistral::generate::sampler::argmax(&last);
+        eprintln!("prompt {i}: correlation {r:.6}, top-1 {top}");
+        assert!(r >= 0.999, "prompt {i}: correlation {r}");
+        assert_eq!(top, biomistral::generate::sampler::argmax(&want), "prompt {i}: top-1");
+    }
+}
+
+fn last_logits(m: &biomistral::source::LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut cache = m.model.new_cache();
+    m.model
+        .forward(&t, &mut cache, Logits::Last, &ForwardOpts::default())
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn hf_to_gguf_round_trip_keeps_logits() {
+    use biomistral::source::convert::{hf_to_gguf, HfToGgufOptions};
+    use candle_core::quantized::GgmlDType;
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let hf = load(
+        dir.to_str().unwrap(),
+        &LoadOptions {
+            dtype: Some(DType::F32),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = hf
+        .tokenizer
+        .encode("Metformin is first-line therapy for type 2 diabetes because", true)
+        .unwrap();
+    let want = last_logits(&hf, &ids);
+    for (ty, tol) in [(GgmlDType::F32, 0.0f32), (GgmlDType::F16, 1e-2)] {
+        let out = common::scratch().join(format!("rt-{}-{:?}.gguf", std::process::id(), ty));
+        hf_to_gguf(&dir, &out, &HfToGgufOptions { ty, progress: false }).unwrap();
+        let g = load(
+            out.to_str().unwrap(),
+            &LoadOptions {
+                dtype: Some(DType::F32),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            g.tokenizer
+                .encode("Metformin is first-line therapy for type 2 diabetes because", true)
+                .unwrap(),
+            ids
+        );
+        let got = last_logits(&g, &ids);
+        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("{ty:?}: max |diff| {max:e}");
+        assert!(max <= tol, "{ty:?}: max |diff| {max} > {tol}");
+        std::fs::remove_file(&out).ok();
+    }
+}

@@ -1,6 +1,16 @@
 //! Command-line interface: one file per command, each an argument struct plus a call into the library.
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod chat;
+mod common;
+mod convert;
+mod generate;
+mod init_random;
+mod inspect;
+mod perplexity;
+mod score;
+
 #[derive(Parser)]
 #[command(
     name = "biomistral",
@@ -17,7 +27,23 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Print the crate version.
+    /// Generate text from a prompt or a conversation.
+    Generate(generate::GenerateArgs),
+    /// Chat interactively with a model.
+    Chat(chat::ChatArgs),
+    /// Describe a model: architecture, tensors, files, tokenizer.
+    Inspect(inspect::InspectArgs),
+    /// Perplexity over a text file or per document over JSONL.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Dump logits for prompts in the transformers reference layout.
+    Score(score::ScoreArgs),
+    /// Convert GGUF <-> Hugging Face folder.
+    Convert(convert::ConvertArgs),
+    /// Prompt-processing and generation speed (llama-bench style).
+    Bench(bench::BenchArgs),
+    /// Write a random-weight model of a real shape.
+    InitRandom(init_random::InitRandomArgs),
+    /// Print the version.
     Version,
 }
 
@@ -37,6 +63,14 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::InitRandom(a) => init_random::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());
             Ok(())

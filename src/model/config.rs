@@ -160,11 +160,9 @@ impl ModelConfig {
             num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
-            head_dim: raw.head_dim.unwrap_or(if num_attention_heads > 0 {
-                hidden_size / num_attention_heads
-            } else {
-                0
-            }),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
             rope_theta,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
@@ -199,7 +197,7 @@ impl ModelConfig {
             .get_u64(&k("attention.key_length"))
             .or_else(|| g.get_u64(&k("rope.dimension_count")))
             .map(|v| v as usize)
-            .unwrap_or(if heads > 0 { hidden_size / heads } else { 0 });
+            .unwrap_or(hidden_size.checked_div(heads).unwrap_or(0));
         let vocab_size = match g.get_u64(&k("vocab_size")) {
             Some(v) => v as usize,
             None => g
@@ -254,7 +252,7 @@ impl ModelConfig {
         pos(self.num_attention_heads, "num_attention_heads")?;
         pos(self.num_key_value_heads, "num_key_value_heads")?;
         pos(self.head_dim, "head_dim")?;
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 "num_key_value_heads",
                 format!(
@@ -263,10 +261,10 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config("head_dim", "must be even for rotary embeddings"));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(Error::config("rope_theta", "must be positive"));
         }
         Ok(())

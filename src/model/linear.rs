@@ -29,6 +29,9 @@ impl Weight {
     }
 }
 
+/// From this many input rows on, quantized weights are dequantized for a dense GEMM.
+const PREFILL_DEQUANT_ROWS: usize = 16;
+
 #[derive(Clone, Debug)]
 pub enum Linear {
     /// `[out, in]` in the compute dtype.
@@ -73,6 +76,17 @@ impl Linear {
                 } else {
                     x.to_dtype(DType::F32)?
                 };
+                let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+                // Block-quantized kernels are matrix-vector products: fine for decoding, but for
+                // a prompt of many rows a dense GEMM on the dequantized weight is several times
+                // faster, and dequantizing is cheap next to the GEMM itself.
+                if rows >= PREFILL_DEQUANT_ROWS {
+                    if let QMatMul::QTensor(qt) = q {
+                        let w = qt.dequantize(&qt.device())?;
+                        let y = Linear::Dense(w).forward(&xf)?;
+                        return Ok(if dt == DType::F32 { y } else { y.to_dtype(dt)? });
+                    }
+                }
                 let y = q.forward(&xf)?;
                 Ok(if dt == DType::F32 { y } else { y.to_dtype(dt)? })
             }

@@ -14,6 +14,18 @@ use candle_core::{DType, Device, Tensor, D};
 pub trait WeightSource {
     fn get(&self, name: &str) -> Result<Weight>;
     fn contains(&self, name: &str) -> bool;
+    /// Name, storage type, shape and bytes of every stored tensor (for `inspect`).
+    fn summaries(&self) -> Vec<TensorSummary>;
+    /// The files holding the weights.
+    fn files(&self) -> Vec<std::path::PathBuf>;
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorSummary {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
 }
 
 /// Which positions' logits `forward` returns.

@@ -15,7 +15,7 @@ use super::awq_search::{
 use super::rtn::GroupQuant;
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, Weight};
-use crate::model::mistral::WeightSource;
+use crate::model::mistral::{TensorSummary, WeightSource};
 use crate::model::{ForwardOpts, Model, ModelConfig};
 use candle_core::{DType, Device, Tensor, D};
 use safetensors::SafeTensors;
@@ -35,6 +35,24 @@ impl WeightSource for TensorMap {
     }
     fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name)
+    }
+    fn summaries(&self) -> Vec<TensorSummary> {
+        let mut v: Vec<TensorSummary> = self
+            .0
+            .iter()
+            .map(|(n, t)| TensorSummary {
+                name: n.clone(),
+                dtype: format!("{:?}", t.dtype()),
+                shape: t.dims().to_vec(),
+                bytes: (t.elem_count() * t.dtype().size_in_bytes()) as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+    /// In memory: no files.
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
     }
 }
 

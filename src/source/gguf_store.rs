@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::Weight;
-use crate::model::mistral::WeightSource;
+use crate::model::mistral::{TensorSummary, WeightSource};
 use crate::source::gguf::{qtensor_from_bytes, GgufFile, TensorInfo};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
@@ -153,6 +153,21 @@ impl WeightSource for GgufStore {
     }
     fn contains(&self, name: &str) -> bool {
         hf_to_gguf_name(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+    }
+    fn summaries(&self) -> Vec<TensorSummary> {
+        self.file
+            .tensors
+            .iter()
+            .map(|t| TensorSummary {
+                name: t.name.clone(),
+                dtype: crate::source::gguf::dtype_name(t.dtype).to_string(),
+                shape: t.shape(),
+                bytes: t.n_bytes(),
+            })
+            .collect()
+    }
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        vec![self.file.path.clone()]
     }
 }
 

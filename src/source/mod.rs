@@ -2,10 +2,13 @@
 pub mod convert;
 pub mod gguf;
 pub mod gguf_store;
+pub mod gguf_tokenizer;
 pub mod gguf_vocab;
 pub mod hub;
+pub mod random;
 pub mod safetensors_store;
 pub mod safetensors_writer;
+pub mod spm_model;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};
@@ -235,9 +238,7 @@ impl ModelSource {
 }
 
 /// Build the tokenizer from `tokenizer.ggml.*` metadata.
-pub fn tokenizer_from_gguf(file: &gguf::GgufFile) -> Result<Tokenizer> {
-    Err(Error::format(&file.path, "no tokenizer.json beside this GGUF file"))
-}
+pub use gguf_tokenizer::tokenizer_from_gguf;
 
 /// Open and load in one step.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::linear::Weight;
-use crate::model::mistral::WeightSource;
+use crate::model::mistral::{TensorSummary, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -144,5 +144,22 @@ impl WeightSource for SafetensorsStore {
     }
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
+    }
+    fn summaries(&self) -> Vec<TensorSummary> {
+        self.index
+            .keys()
+            .filter_map(|n| {
+                let v = self.view(n).ok()?;
+                Some(TensorSummary {
+                    name: n.clone(),
+                    dtype: format!("{:?}", v.dtype()),
+                    shape: v.shape().to_vec(),
+                    bytes: v.data().len() as u64,
+                })
+            })
+            .collect()
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(p, _)| p.clone()).collect()
     }
 }

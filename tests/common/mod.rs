@@ -56,7 +56,14 @@ pub fn hf_bf16_dir() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
         let gguf = fixture_gguf()?;
-        let out = scratch().join(format!("smollm2-bf16-{}", std::process::id()));
+        // One converted copy per build, shared by the test binaries (written under a temporary
+        // name and renamed, so a concurrent process either sees it complete or converts its own).
+        let out = scratch().join("smollm2-bf16");
+        if out.join("tokenizer_config.json").exists() {
+            return Some(out);
+        }
+        let tmp = scratch().join(format!("smollm2-bf16-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         let opts = biomistral::source::convert::GgufToHfOptions {
             tokenizer: Some(fixtures().join("smollm2-135m-instruct/tokenizer.json")),
             ..Default::default()

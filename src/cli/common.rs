@@ -1,0 +1,64 @@
+//! Options shared by every command that loads a model.
+use anyhow::Context;
+use biomistral::source::{self, LoadOptions, LoadedModel, ModelSource};
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: a Hugging Face folder, a .gguf file or a hub id (e.g. BioMistral/BioMistral-7B).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Compute dtype: f32, bf16, f16 or auto (f32 below 3B parameters, else bf16).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Device: cpu or cuda (needs the `cuda` cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for CPU kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> anyhow::Result<ModelSource> {
+        set_threads(self.threads)?;
+        ModelSource::open(&self.model).with_context(|| format!("opening model '{}'", self.model))
+    }
+
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let src = self.open()?;
+        let opts = LoadOptions {
+            dtype: source::parse_dtype(&self.dtype)?,
+            device: source::parse_device(&self.device)?,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        src.load(&opts)
+            .with_context(|| format!("loading model '{}'", self.model))
+    }
+}
+
+/// Size the global thread pool once, before any kernel runs.
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(t) = threads {
+        if t == 0 {
+            anyhow::bail!("invalid --threads: 0 (must be >= 1)");
+        }
+        // candle's matmul reads RAYON_NUM_THREADS; the quantized kernels use rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

@@ -1,0 +1,147 @@
+//! The commands a user meets first, run as the binary on the real fixture model.
+mod common;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (String, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{args:?} failed: {e}");
+    (o, e)
+}
+
+#[test]
+fn score_writes_the_reference_layout_with_matching_values() {
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let out = common::scratch().join(format!("score-{}.safetensors", std::process::id()));
+    let prompts = common::fixtures().join("hf-reference/prompts.json");
+    run(&[
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let ours = std::fs::read(&out).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&ours).unwrap();
+    let refs = std::fs::read(common::fixtures().join("hf-reference/logits.safetensors")).unwrap();
+    let refs = safetensors::SafeTensors::deserialize(&refs).unwrap();
+    let mut names: Vec<String> = refs.names().into_iter().map(String::from).collect();
+    names.sort();
+    for n in names {
+        let (a, b) = (ours.tensor(&n).unwrap(), refs.tensor(&n).unwrap());
+        assert_eq!(a.dtype(), b.dtype(), "{n}");
+        assert_eq!(a.shape(), b.shape(), "{n}");
+        if n.starts_with("ids.") {
+            assert_eq!(a.data(), b.data(), "{n}");
+        } else if n.starts_with("logits_last.") || n.starts_with("logits_all_top.") {
+            let f = |d: &[u8]| {
+                d.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<_>>()
+            };
+            let max = f(a.data())
+                .iter()
+                .zip(f(b.data()))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(max < 1e-3, "{n}: max |diff| {max}");
+        } else {
+            // top-k indices: the top-1 column must agree at every position
+            let f = |d: &[u8]| {
+                d.chunks(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<_>>()
+            };
+            let (x, y) = (f(a.data()), f(b.data()));
+            for (p, (u, v)) in x.chunks(10).zip(y.chunks(10)).enumerate() {
+                assert_eq!(u[0], v[0], "{n} position {p}");
+            }
+        }
+    }
+    std::fs::remove_file(out).ok();
+}
+
+#[test]
+fn perplexity_jsonl_json_and_inspect() {
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let jsonl = common::scratch().join(format!("docs-{}.jsonl", std::process::id()));
+    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..5]
+        .iter()
+        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let (o, _) = run(&[
+        "perplexity",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--jsonl",
+        jsonl.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    for (k, d) in ppl["docs"].as_array().unwrap()[..5].iter().enumerate() {
+        let (a, b) = (v["doc_nll_sums"][k].as_f64().unwrap(), d["nll_sum"].as_f64().unwrap());
+        assert!((a - b).abs() / b < 1e-3, "doc {k}: {a} vs {b}");
+    }
+    assert!(v["ppl"].as_f64().unwrap() > 1.0);
+    let (o, _) = run(&["inspect", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["tensor_count"], 272);
+    assert_eq!(v["by_type"]["BF16"]["tensors"], 272);
+    std::fs::remove_file(jsonl).ok();
+}
+
+#[test]
+fn chat_generation_shows_advisory_but_not_in_json() {
+    let Some(gguf) = common::fixture_gguf() else { return };
+    let g = gguf.to_str().unwrap();
+    let (o, e) = run(&[
+        "generate",
+        "--model",
+        g,
+        "--prompt",
+        "What is aspirin?",
+        "--chat",
+        "-n",
+        "8",
+    ]);
+    assert!(e.contains("research tool"), "advisory missing: {e}");
+    assert!(!o.is_empty());
+    let (o, e) = run(&[
+        "generate",
+        "--model",
+        g,
+        "--prompt",
+        "What is aspirin?",
+        "--chat",
+        "-n",
+        "8",
+        "--json",
+    ]);
+    assert!(!e.contains("research tool") && !o.contains("research tool"));
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(v["prompt_ids"].as_array().unwrap().len() > 10);
+    let (_, e) = run(&[
+        "generate",
+        "--model",
+        g,
+        "--prompt",
+        "What is aspirin?",
+        "--chat",
+        "-n",
+        "4",
+        "--no-advisory",
+    ]);
+    assert!(!e.contains("research tool"));
+}

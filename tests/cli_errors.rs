@@ -1,0 +1,205 @@
+//! Bad input reaches the user as a clear error naming what is wrong, a non-zero exit and no panic.
+mod common;
+
+use biomistral::source::random::{preset, write_random_model};
+use candle_core::DType;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tiny_model(tag: &str) -> PathBuf {
+    let dir = common::scratch().join(format!("tiny-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_random_model(&preset("tiny", None).unwrap(), &dir, DType::F32, 1).unwrap();
+    dir
+}
+
+/// Run the binary; assert failure, no panic, and that stderr mentions every `needles` item.
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure for {args:?}; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr for {args:?} lacks '{n}': {err}");
+    }
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn tiny_model_generates() {
+    let dir = tiny_model("ok");
+    let out = Command::new(common::bin())
+        .args(["generate", "--model", s(&dir), "--prompt", "hello", "-n", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["new_ids"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn missing_model() {
+    fails_with(
+        &["generate", "--model", "/nonexistent/model-dir", "--prompt", "x"],
+        &["/nonexistent/model-dir"],
+    );
+    fails_with(&["inspect", "/nonexistent/file.gguf"], &["/nonexistent/file.gguf"]);
+}
+
+#[test]
+fn truncated_or_corrupt_safetensors() {
+    let dir = tiny_model("trunc");
+    let st = dir.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["model.safetensors"],
+    );
+    // Header length larger than the file.
+    let mut b = bytes.clone();
+    b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    std::fs::write(&st, &b).unwrap();
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["model.safetensors"],
+    );
+    // Garbage header.
+    let mut b = bytes;
+    for x in b[8..40].iter_mut() {
+        *x = b'#';
+    }
+    std::fs::write(&st, &b).unwrap();
+    fails_with(&["inspect", s(&dir)], &["model.safetensors"]);
+}
+
+#[test]
+fn wrong_tensor_shape_or_dtype() {
+    use biomistral::source::safetensors_store::SafetensorsStore;
+    use biomistral::source::safetensors_writer::write_tensors;
+    let dir = tiny_model("shape");
+    let store = SafetensorsStore::open_dir(&dir).unwrap();
+    let mut all: Vec<(String, candle_core::Tensor)> = store.load_all().unwrap().into_iter().collect();
+    drop(store);
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let orig = all.clone();
+    for (n, t) in all.iter_mut() {
+        if n == name {
+            *t = t.narrow(0, 0, 64).unwrap();
+        }
+    }
+    write_tensors(&dir.join("model.safetensors"), &all).unwrap();
+    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &[name, "shape"]);
+    let mut all = orig;
+    for (n, t) in all.iter_mut() {
+        if n == name {
+            *t = t.to_dtype(DType::I64).unwrap();
+        }
+    }
+    write_tensors(&dir.join("model.safetensors"), &all).unwrap();
+    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &[name, "I64"]);
+}
+
+#[test]
+fn unknown_architecture_and_bad_config() {
+    let dir = tiny_model("arch");
+    let cfg = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x"],
+        &["GPTNeoXForCausalLM", "architectures"],
+    );
+    std::fs::write(&cfg, "{not json").unwrap();
+    fails_with(&["generate", "--model", s(&dir), "--prompt", "x"], &["config.json"]);
+}
+
+#[test]
+fn corrupt_gguf() {
+    let dir = tiny_model("gguf");
+    let gguf = dir.with_extension("gguf");
+    let out = Command::new(common::bin())
+        .args(["convert", "--model", s(&dir), "--out", s(&gguf), "--type", "f32"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&gguf).unwrap();
+    let bad = dir.with_extension("bad.gguf");
+    // Truncated: tensor data past the end.
+    std::fs::write(&bad, &bytes[..bytes.len() - 1000]).unwrap();
+    fails_with(
+        &["generate", "--model", s(&bad), "--prompt", "x"],
+        &["bad.gguf", "past the end"],
+    );
+    // Bad metadata count.
+    let mut b = bytes.clone();
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&bad, &b).unwrap();
+    fails_with(&["inspect", s(&bad)], &["bad.gguf"]);
+    // Not a GGUF at all.
+    std::fs::write(&bad, b"hello world, this is not a model").unwrap();
+    fails_with(&["inspect", s(&bad)], &["bad.gguf", "magic"]);
+    // Unknown tensor type id in the first tensor's info.
+    let g = biomistral::source::gguf::GgufFile::open(&gguf).unwrap();
+    assert!(!g.tensors.is_empty());
+}
+
+#[test]
+fn prompt_and_sampling_errors() {
+    let dir = tiny_model("prompt");
+    fails_with(&["generate", "--model", s(&dir), "--prompt", ""], &["prompt", "empty"]);
+    let long = "a ".repeat(2000);
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", &long],
+        &["prompt", "context"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--temperature", "-1"],
+        &["--temperature"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--top-p", "1.5"],
+        &["--top-p"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--top-k", "0"],
+        &["--top-k"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--min-p", "2"],
+        &["--min-p"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            s(&dir),
+            "--prompt",
+            "x",
+            "--repetition-penalty",
+            "0",
+        ],
+        &["--repetition-penalty"],
+    );
+    fails_with(
+        &["generate", "--model", s(&dir), "--prompt", "x", "--dtype", "f8"],
+        &["--dtype"],
+    );
+    let msgs = dir.join("msgs.json");
+    std::fs::write(&msgs, "[]").unwrap();
+    fails_with(
+        &["generate", "--model", s(&dir), "--messages", s(&msgs)],
+        &["msgs.json", "empty"],
+    );
+    std::fs::write(&msgs, "{\"role\": 1}").unwrap();
+    fails_with(
+        &["generate", "--model", s(&dir), "--messages", s(&msgs)],
+        &["msgs.json"],
+    );
+}
