@@ -27,7 +27,7 @@ use super::GEMM_MIN_ROWS;
 /// Input rows processed together by the decode kernel.
 const X_BATCH: usize = 8;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AwqLinear {
     in_features: usize,
     out_features: usize,
@@ -41,6 +41,19 @@ pub struct AwqLinear {
     /// [out, n_groups]
     scales: Vec<f16>,
     bias: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for AwqLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AwqLinear {{ out: {}, in: {}, group_size: {}, bias: {} }}",
+            self.out_features,
+            self.in_features,
+            self.group_size,
+            self.bias.is_some()
+        )
+    }
 }
 
 impl AwqLinear {
@@ -413,5 +426,11 @@ mod tests {
         assert_eq!(y.dims(), &[2, 3, 8]);
         assert_eq!(y.dtype(), DType::F16);
         assert!(AwqLinear::new(&gq, Some(vec![0.0; 7])).is_err());
+        // Debug prints the shape, not the codes (layers get logged).
+        let d: std::sync::Arc<dyn QuantLinear> = std::sync::Arc::new(l);
+        assert_eq!(
+            format!("{d:?}"),
+            "AwqLinear { out: 8, in: 32, group_size: 16, bias: false }"
+        );
     }
 }

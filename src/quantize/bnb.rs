@@ -89,7 +89,7 @@ fn check_bias(bias: &Option<Vec<f32>>, out: usize) -> Result<()> {
 }
 
 /// Row-wise absmax int8 weight with f32 outlier columns (LLM.int8()).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Int8Linear {
     out_features: usize,
     in_features: usize,
@@ -103,6 +103,20 @@ pub struct Int8Linear {
     /// [out, outlier_cols.len()]
     outlier_w: Vec<f32>,
     bias: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Int8Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Int8Linear {{ out: {}, in: {}, threshold: {}, outlier_cols: {}, bias: {} }}",
+            self.out_features,
+            self.in_features,
+            self.threshold,
+            self.outlier_cols.len(),
+            self.bias.is_some()
+        )
+    }
 }
 
 impl Int8Linear {
@@ -357,7 +371,7 @@ impl Bnb4Kind {
 }
 
 /// NF4 / FP4 blockwise weight.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bnb4Linear {
     kind: Bnb4Kind,
     out_features: usize,
@@ -368,6 +382,20 @@ pub struct Bnb4Linear {
     /// One per block of the flattened weight.
     absmax: Vec<f32>,
     bias: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Bnb4Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Bnb4Linear {{ {:?}, out: {}, in: {}, block: {}, bias: {} }}",
+            self.kind,
+            self.out_features,
+            self.in_features,
+            self.block_size,
+            self.bias.is_some()
+        )
+    }
 }
 
 impl Bnb4Linear {

@@ -33,7 +33,9 @@ pub use gguf_quant::quantize_for_gguf;
 pub use rtn::{pseudo_quantize, GroupQuant};
 
 /// A linear layer whose weight stays quantized: `y = x W^T (+ b)`.
-pub trait QuantLinear: Send + Sync {
+/// `Debug` is a supertrait so `Arc<dyn QuantLinear>` fits in `#[derive(Debug)]` enums; the
+/// implementations print shapes, not their millions of codes.
+pub trait QuantLinear: Send + Sync + std::fmt::Debug {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     /// `x` [n, in] row-major f32 → y [n, out].
