@@ -196,7 +196,7 @@ impl AwqLinear {
         let mut y = if n >= GEMM_MIN_ROWS {
             self.forward_gemm(x, n)?
         } else {
-            self.forward_decode(x, n)
+            self.forward_decode(x, n, true)
         };
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out_features) {
@@ -207,7 +207,12 @@ impl AwqLinear {
     }
 
     /// Small-batch kernel: codes times x per group, scale and zero applied once per group.
-    fn forward_decode(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// `simd` allows the AVX2+FMA build of the block loop where the CPU has it.
+    fn forward_decode(&self, x: &[f32], n: usize, simd: bool) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = simd && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
         let (inf, outf, gs) = (self.in_features, self.out_features, self.group_size);
         let ng = inf / gs;
         let mut y = vec![0f32; n * outf];
@@ -223,20 +228,15 @@ impl AwqLinear {
                     let mut lanes = [[0f32; 8]; X_BATCH];
                     if self.blocked && gs.is_multiple_of(64) {
                         // Whole 64-input blocks: fixed-size arrays, no bounds checks inside.
-                        for b in g * gs / 64..(g + 1) * gs / 64 {
-                            let ws: &[u32; 8] = row[8 * b..8 * b + 8].try_into().expect("8 words");
-                            let q = decode_block(ws);
-                            for (r, lane) in lanes.iter_mut().enumerate().take(nb) {
-                                let xs: &[f32; 64] = xb[r * inf + 64 * b..r * inf + 64 * b + 64]
-                                    .try_into()
-                                    .expect("64 inputs");
-                                for j in 0..8 {
-                                    for k in 0..8 {
-                                        lane[k] += q[8 * j + k] * xs[8 * j + k];
-                                    }
-                                }
-                            }
+                        let blocks = g * gs / 64..(g + 1) * gs / 64;
+                        #[cfg(target_arch = "x86_64")]
+                        if avx2 {
+                            // SAFETY: `avx2` is true only when the CPU reports AVX2 and FMA.
+                            unsafe { blocks_dot_avx2(row, xb, inf, nb, blocks, &mut lanes) };
+                            continue_group(&lanes, nb, o, g, ng, &self.scales, &self.zeros, &xsum, yo);
+                            continue;
                         }
+                        blocks_dot(row, xb, inf, nb, blocks, &mut lanes);
                     } else {
                         for c in g * gs / 8..(g + 1) * gs / 8 {
                             let mut q = [0f32; 8];
@@ -259,12 +259,7 @@ impl AwqLinear {
                             }
                         }
                     }
-                    let s = self.scales[o * ng + g].to_f32();
-                    let z = self.zeros[o * ng + g] as f32;
-                    for (r, lane) in lanes.iter().enumerate().take(nb) {
-                        let d: f32 = lane.iter().sum();
-                        yo[r] += s * (d - z * xsum[r * ng + g]);
-                    }
+                    continue_group(&lanes, nb, o, g, ng, &self.scales, &self.zeros, &xsum, yo);
                 }
             });
             for o in 0..outf {
@@ -314,6 +309,69 @@ impl QuantLinear for AwqLinear {
     }
 }
 
+/// Add `s * (sum_i q_i x_i - z * sum_i x_i)` of group g to each input row's output.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn continue_group(
+    lanes: &[[f32; 8]; X_BATCH],
+    nb: usize,
+    o: usize,
+    g: usize,
+    ng: usize,
+    scales: &[f16],
+    zeros: &[u8],
+    xsum: &[f32],
+    yo: &mut [f32],
+) {
+    let s = scales[o * ng + g].to_f32();
+    let z = zeros[o * ng + g] as f32;
+    for (r, lane) in lanes.iter().enumerate().take(nb) {
+        let d: f32 = lane.iter().sum();
+        yo[r] += s * (d - z * xsum[r * ng + g]);
+    }
+}
+
+/// Lane sums of codes times x over whole nibble-transposed 64-input blocks `blocks` of a row,
+/// for `nb` input rows of `xb` (row stride `inf`).
+#[inline(always)]
+fn blocks_dot(
+    row: &[u32],
+    xb: &[f32],
+    inf: usize,
+    nb: usize,
+    blocks: std::ops::Range<usize>,
+    lanes: &mut [[f32; 8]; X_BATCH],
+) {
+    for b in blocks {
+        let ws: &[u32; 8] = row[8 * b..8 * b + 8].try_into().expect("8 words");
+        let q = decode_block(ws);
+        for (r, lane) in lanes.iter_mut().enumerate().take(nb) {
+            let xs: &[f32; 64] = xb[r * inf + 64 * b..r * inf + 64 * b + 64]
+                .try_into()
+                .expect("64 inputs");
+            for j in 0..8 {
+                for k in 0..8 {
+                    lane[k] += q[8 * j + k] * xs[8 * j + k];
+                }
+            }
+        }
+    }
+}
+
+/// The same loop compiled for AVX2 (+FMA): 8-wide shifts, converts, multiplies and adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocks_dot_avx2(
+    row: &[u32],
+    xb: &[f32],
+    inf: usize,
+    nb: usize,
+    blocks: std::ops::Range<usize>,
+    lanes: &mut [[f32; 8]; X_BATCH],
+) {
+    blocks_dot(row, xb, inf, nb, blocks, lanes)
+}
+
 /// Codes of one nibble-transposed 64-input block as f32, in input order: input 8j + k is
 /// nibble j of word k, so each group of 8 is one uniform shift + mask + convert (SIMD).
 #[inline(always)]
@@ -321,7 +379,7 @@ fn decode_block(ws: &[u32; 8]) -> [f32; 64] {
     let mut q = [0f32; 64];
     for j in 0..8 {
         for k in 0..8 {
-            q[8 * j + k] = ((ws[k] >> (4 * j)) & 0xF) as f32;
+            q[8 * j + k] = ((ws[k] >> (4 * j)) & 0xF) as i32 as f32;
         }
     }
     q
@@ -400,10 +458,19 @@ mod tests {
             let slow = l.forward_reference(&x, n).unwrap();
             assert_eq!(fast.len(), n * out);
             let w = l.dequantize();
+            // The portable decode loop too (forward_f32 picks AVX2 where available).
+            let mut portable = l.forward_decode(&x, n, false);
+            if let Some(b) = l.bias() {
+                portable
+                    .chunks_exact_mut(out)
+                    .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            }
             for r in 0..n {
                 for o in 0..out {
                     // The decode kernel skips the per-weight f16 rounding: <= 2^-11 relative.
                     let mag: f32 = (0..inf).map(|i| (x[r * inf + i] * w[o * inf + i]).abs()).sum();
+                    let p = portable[r * out + o];
+                    assert!((p - slow[r * out + o]).abs() <= 1e-3 * mag + 1e-5, "portable {p}");
                     let (a, b) = (fast[r * out + o], slow[r * out + o]);
                     assert!((a - b).abs() <= 1e-3 * mag + 1e-5, "{out}x{inf} g{gs} n{n}: {a} vs {b}");
                 }
