@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod merge;
 pub mod model;
 pub mod quantize;
 pub mod scoring;

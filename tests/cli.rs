@@ -145,3 +145,30 @@ fn chat_generation_shows_advisory_but_not_in_json() {
     ]);
     assert!(!e.contains("research tool"));
 }
+
+#[test]
+fn chat_session_over_stdin_with_reset_and_exit() {
+    use std::io::Write;
+    let Some(gguf) = common::fixture_gguf() else { return };
+    let mut child = Command::new(common::bin())
+        .args(["chat", "--model", gguf.to_str().unwrap(), "-n", "6"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is insulin?\n/reset\nAnd glucagon?\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("research tool") && e.contains("conversation cleared"), "{e}");
+    assert_eq!(o.matches("> ").count(), 4, "{o}");
+}

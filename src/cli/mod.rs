@@ -8,6 +8,7 @@ mod convert;
 mod generate;
 mod init_random;
 mod inspect;
+mod merge;
 mod perplexity;
 mod score;
 
@@ -45,6 +46,8 @@ pub enum Command {
     InitRandom(init_random::InitRandomArgs),
     /// Print the version.
     Version,
+    /// Merge models from a mergekit-style YAML config.
+    Merge(merge::MergeArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -75,5 +78,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("biomistral {}", biomistral::version());
             Ok(())
         }
+        Command::Merge(args) => merge::run(args),
     }
 }
