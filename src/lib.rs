@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod merge;
 pub mod model;
+pub mod quantize;
 pub mod scoring;
 pub mod serve;
 pub mod source;

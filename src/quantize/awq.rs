@@ -1,0 +1,521 @@
+//! AutoAWQ checkpoint format: `quantization_config` parsing, GEMM/GEMV int4 pack/unpack, loading
+//! a module's `qweight`/`qzeros`/`scales` into an [`AwqLinear`], and writing checkpoints.
+//!
+//! Packing (verified against AutoAWQ 0.2.9, see tests/fixtures/awq): every int32 is read as u32,
+//! nibble j = bits 4j..4j+3.
+//! * GEMM: `qweight` [in, out/8], packed along the *output* dim with the interleave
+//!   [`GEMM_ORDER`]; `qzeros` [in/gs, out/8] likewise; `scales` f16 [in/gs, out].
+//! * GEMV: `qweight` [out, in/8] packed along the *input* dim in natural order; `qzeros`
+//!   [out, width] and `scales` [out, 8*width], width from [`gemv_zeros_width`], padding zero.
+use super::awq_linear::AwqLinear;
+use super::rtn::{check_group_size, GroupQuant};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+use std::path::Path;
+
+/// Nibble j of a GEMM int32 holds output `8c + GEMM_ORDER[j]`.
+pub const GEMM_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwqVersion {
+    Gemm,
+    Gemv,
+}
+
+/// The `quantization_config` block of an AutoAWQ checkpoint's config.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwqConfig {
+    pub bits: u32,
+    pub group_size: usize,
+    pub zero_point: bool,
+    pub version: AwqVersion,
+    pub modules_to_not_convert: Vec<String>,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        AwqConfig {
+            bits: 4,
+            group_size: 128,
+            zero_point: true,
+            version: AwqVersion::Gemm,
+            modules_to_not_convert: Vec::new(),
+        }
+    }
+}
+
+const QC: &str = "quantization_config";
+
+impl AwqConfig {
+    /// Parse from a whole config.json (reads its `quantization_config`) or from the block itself.
+    /// Accepts both transformers' keys (`bits`, `group_size`) and AutoAWQ's (`w_bit`, `q_group_size`).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let q = v.get(QC).unwrap_or(v);
+        let field = |k: &str| format!("{QC}.{k}");
+        let get = |keys: &[&str]| keys.iter().find_map(|k| q.get(*k).filter(|x| !x.is_null()));
+        if let Some(m) = get(&["quant_method"]) {
+            let m = m.as_str().unwrap_or("");
+            if !m.eq_ignore_ascii_case("awq") {
+                return Err(Error::config(field("quant_method"), format!("'{m}' is not 'awq'")));
+            }
+        }
+        let bits = get(&["bits", "w_bit"])
+            .ok_or_else(|| Error::config(field("bits"), "missing"))?
+            .as_u64()
+            .ok_or_else(|| Error::config(field("bits"), "not a non-negative integer"))?;
+        if bits != 4 {
+            return Err(Error::config(
+                field("bits"),
+                format!("{bits} bits; only 4-bit AWQ is supported"),
+            ));
+        }
+        let gs = get(&["group_size", "q_group_size"])
+            .ok_or_else(|| Error::config(field("group_size"), "missing"))?
+            .as_i64()
+            .ok_or_else(|| Error::config(field("group_size"), "not an integer"))?;
+        if gs <= 0 || gs % 8 != 0 {
+            return Err(Error::config(
+                field("group_size"),
+                format!("{gs}; must be a positive multiple of 8"),
+            ));
+        }
+        let zero_point = match get(&["zero_point"]) {
+            None => true,
+            Some(z) => z
+                .as_bool()
+                .ok_or_else(|| Error::config(field("zero_point"), "not a boolean"))?,
+        };
+        if !zero_point {
+            return Err(Error::config(
+                field("zero_point"),
+                "only zero_point = true is supported",
+            ));
+        }
+        let version = match get(&["version"]).map(|v| v.as_str().unwrap_or("").to_ascii_lowercase()) {
+            None => AwqVersion::Gemm,
+            Some(s) if s == "gemm" => AwqVersion::Gemm,
+            Some(s) if s == "gemv" => AwqVersion::Gemv,
+            Some(s) => return Err(Error::config(field("version"), format!("'{s}'; supported: gemm, gemv"))),
+        };
+        let modules_to_not_convert = match get(&["modules_to_not_convert"]) {
+            None => Vec::new(),
+            Some(a) => a
+                .as_array()
+                .ok_or_else(|| Error::config(field("modules_to_not_convert"), "not an array"))?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::config(field("modules_to_not_convert"), "entries must be strings"))?,
+        };
+        Ok(AwqConfig {
+            bits: bits as u32,
+            group_size: gs as usize,
+            zero_point,
+            version,
+            modules_to_not_convert,
+        })
+    }
+
+    /// The block as transformers / AutoAWQ write it into config.json.
+    pub fn to_json(&self) -> serde_json::Value {
+        let not_convert = if self.modules_to_not_convert.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(self.modules_to_not_convert)
+        };
+        serde_json::json!({
+            "quant_method": "awq",
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "zero_point": self.zero_point,
+            "version": match self.version { AwqVersion::Gemm => "gemm", AwqVersion::Gemv => "gemv" },
+            "modules_to_not_convert": not_convert,
+        })
+    }
+
+    /// Whether a module (e.g. `model.layers.0.mlp.gate_proj`) stays unquantized.
+    pub fn skips(&self, module: &str) -> bool {
+        self.modules_to_not_convert.iter().any(|m| module.contains(m.as_str()))
+    }
+}
+
+/// AutoAWQ's `calculate_zeros_width` for GEMV: int32 columns of `qzeros`.
+pub fn gemv_zeros_width(in_features: usize, group_size: usize) -> Result<usize> {
+    let mult = match group_size {
+        g if g >= 128 => 1,
+        64 => 2,
+        32 => 4,
+        g => {
+            return Err(Error::invalid(
+                "group_size",
+                format!("{g}: AutoAWQ GEMV supports 32, 64 or >= 128"),
+            ))
+        }
+    };
+    Ok((in_features / group_size).div_ceil(8).div_ceil(mult) * mult)
+}
+
+/// Packed int32 buffers of one module, row-major, with their shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwqPacked {
+    pub qweight: Vec<i32>,
+    pub qweight_shape: [usize; 2],
+    pub qzeros: Vec<i32>,
+    pub qzeros_shape: [usize; 2],
+    pub scales: Vec<f16>,
+    pub scales_shape: [usize; 2],
+}
+
+fn nib(word: i32, j: usize) -> u8 {
+    ((word as u32 >> (4 * j)) & 0xF) as u8
+}
+
+/// Pack `gq` in AutoAWQ's GEMM layout.
+pub fn pack_gemm(gq: &GroupQuant) -> Result<AwqPacked> {
+    gq.validate("pack_gemm")?;
+    let (o, i, ng) = (gq.out_features, gq.in_features, gq.n_groups());
+    if !o.is_multiple_of(8) {
+        return Err(Error::invalid(
+            "out_features",
+            format!("{o} is not a multiple of 8 (GEMM packing)"),
+        ));
+    }
+    let pack = |get: &dyn Fn(usize) -> u8, c: usize| -> i32 {
+        let mut w = 0u32;
+        for (j, &m) in GEMM_ORDER.iter().enumerate() {
+            w |= (get(8 * c + m) as u32) << (4 * j);
+        }
+        w as i32
+    };
+    let mut qweight = Vec::with_capacity(i * o / 8);
+    for r in 0..i {
+        for c in 0..o / 8 {
+            qweight.push(pack(&|out| gq.q[out * i + r], c));
+        }
+    }
+    let mut qzeros = Vec::with_capacity(ng * o / 8);
+    let mut scales = Vec::with_capacity(ng * o);
+    for g in 0..ng {
+        for c in 0..o / 8 {
+            qzeros.push(pack(&|out| gq.zeros[out * ng + g], c));
+        }
+        scales.extend((0..o).map(|out| gq.scales[out * ng + g]));
+    }
+    Ok(AwqPacked {
+        qweight,
+        qweight_shape: [i, o / 8],
+        qzeros,
+        qzeros_shape: [ng, o / 8],
+        scales,
+        scales_shape: [ng, o],
+    })
+}
+
+/// Pack `gq` in AutoAWQ's GEMV layout.
+pub fn pack_gemv(gq: &GroupQuant) -> Result<AwqPacked> {
+    gq.validate("pack_gemv")?;
+    let (o, i, ng) = (gq.out_features, gq.in_features, gq.n_groups());
+    if !i.is_multiple_of(8) {
+        return Err(Error::invalid(
+            "in_features",
+            format!("{i} is not a multiple of 8 (GEMV packing)"),
+        ));
+    }
+    let width = gemv_zeros_width(i, gq.group_size)?;
+    let pack8 = |vals: &[u8]| -> i32 {
+        let w = vals
+            .iter()
+            .enumerate()
+            .fold(0u32, |w, (j, &v)| w | ((v as u32) << (4 * j)));
+        w as i32
+    };
+    let qweight: Vec<i32> = gq.q.chunks_exact(8).map(pack8).collect();
+    let mut qzeros = vec![0i32; o * width];
+    let mut scales = vec![f16::ZERO; o * width * 8];
+    for r in 0..o {
+        let z = &gq.zeros[r * ng..(r + 1) * ng];
+        for (c, chunk) in z.chunks(8).enumerate() {
+            qzeros[r * width + c] = pack8(chunk);
+        }
+        scales[r * width * 8..r * width * 8 + ng].copy_from_slice(&gq.scales[r * ng..(r + 1) * ng]);
+    }
+    Ok(AwqPacked {
+        qweight,
+        qweight_shape: [o, i / 8],
+        qzeros,
+        qzeros_shape: [o, width],
+        scales,
+        scales_shape: [o, width * 8],
+    })
+}
+
+fn shape_err(name: &str, got: &[usize], want: &[usize]) -> Error {
+    Error::tensor(name, format!("shape {got:?}, expected {want:?}"))
+}
+
+/// Unpack AutoAWQ GEMM buffers. `prefix` names the module in errors.
+pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<GroupQuant> {
+    let [i, oc] = p.qweight_shape;
+    let o = oc * 8;
+    check_group_size(&format!("{prefix}.qweight"), i, group_size)?;
+    let ng = i / group_size;
+    check_packed(prefix, p, [i, oc], [ng, oc], [ng, o])?;
+    let mut q = vec![0u8; o * i];
+    for r in 0..i {
+        for c in 0..oc {
+            let w = p.qweight[r * oc + c];
+            for (j, &m) in GEMM_ORDER.iter().enumerate() {
+                q[(8 * c + m) * i + r] = nib(w, j);
+            }
+        }
+    }
+    let mut zeros = vec![0u8; o * ng];
+    let mut scales = vec![f16::ZERO; o * ng];
+    for g in 0..ng {
+        for c in 0..oc {
+            let w = p.qzeros[g * oc + c];
+            for (j, &m) in GEMM_ORDER.iter().enumerate() {
+                zeros[(8 * c + m) * ng + g] = nib(w, j);
+            }
+        }
+        for out in 0..o {
+            scales[out * ng + g] = p.scales[g * o + out];
+        }
+    }
+    Ok(GroupQuant {
+        out_features: o,
+        in_features: i,
+        group_size,
+        q,
+        zeros,
+        scales,
+    })
+}
+
+/// Unpack AutoAWQ GEMV buffers.
+pub fn unpack_gemv(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<GroupQuant> {
+    let [o, ic] = p.qweight_shape;
+    let i = ic * 8;
+    check_group_size(&format!("{prefix}.qweight"), i, group_size)?;
+    let ng = i / group_size;
+    let width = p.qzeros_shape[1];
+    if width * 8 < ng {
+        return Err(Error::tensor(
+            format!("{prefix}.qzeros"),
+            format!("{width} int32 columns cannot hold {ng} group zero points"),
+        ));
+    }
+    check_packed(prefix, p, [o, ic], [o, width], [o, width * 8])?;
+    let q: Vec<u8> = p.qweight.iter().flat_map(|&w| (0..8).map(move |j| nib(w, j))).collect();
+    let mut zeros = Vec::with_capacity(o * ng);
+    let mut scales = Vec::with_capacity(o * ng);
+    for r in 0..o {
+        zeros.extend((0..ng).map(|g| nib(p.qzeros[r * width + g / 8], g % 8)));
+        scales.extend_from_slice(&p.scales[r * width * 8..r * width * 8 + ng]);
+    }
+    Ok(GroupQuant {
+        out_features: o,
+        in_features: i,
+        group_size,
+        q,
+        zeros,
+        scales,
+    })
+}
+
+fn check_packed(prefix: &str, p: &AwqPacked, qw: [usize; 2], qz: [usize; 2], sc: [usize; 2]) -> Result<()> {
+    for (suffix, shape, len, want) in [
+        ("qweight", p.qweight_shape, p.qweight.len(), qw),
+        ("qzeros", p.qzeros_shape, p.qzeros.len(), qz),
+        ("scales", p.scales_shape, p.scales.len(), sc),
+    ] {
+        if shape != want || len != want[0] * want[1] {
+            return Err(shape_err(&format!("{prefix}.{suffix}"), &shape, &want));
+        }
+    }
+    Ok(())
+}
+
+/// Read a 2-D tensor of the given dtype as raw little-endian elements.
+fn read_2d(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<(Vec<u8>, [usize; 2])> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| Error::tensor(name, "missing from the checkpoint"))?;
+    if t.dtype() != dtype {
+        return Err(Error::tensor(
+            name,
+            format!("dtype {:?}, expected {dtype:?}", t.dtype()),
+        ));
+    }
+    match t.shape() {
+        &[r, c] => Ok((t.data().to_vec(), [r, c])),
+        s => Err(Error::tensor(name, format!("shape {s:?} is not 2-D"))),
+    }
+}
+
+fn i32s(b: &[u8]) -> Vec<i32> {
+    b.chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Read any float tensor (f16, bf16, f32) as f32.
+pub(crate) fn floats(name: &str, dtype: Dtype, b: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        d => return Err(Error::tensor(name, format!("dtype {d:?} is not a float type"))),
+    })
+}
+
+/// Read `<prefix>.qweight/.qzeros/.scales` and check them against `cfg`.
+pub fn load_awq_packed(st: &SafeTensors, prefix: &str, _cfg: &AwqConfig) -> Result<AwqPacked> {
+    let (qw, qweight_shape) = read_2d(st, &format!("{prefix}.qweight"), Dtype::I32)?;
+    let (qz, qzeros_shape) = read_2d(st, &format!("{prefix}.qzeros"), Dtype::I32)?;
+    let (sc, scales_shape) = read_2d(st, &format!("{prefix}.scales"), Dtype::F16)?;
+    Ok(AwqPacked {
+        qweight: i32s(&qw),
+        qweight_shape,
+        qzeros: i32s(&qz),
+        qzeros_shape,
+        scales: sc.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect(),
+        scales_shape,
+    })
+}
+
+/// Load and unpack one module's codes, scales and zeros in the plain layout.
+pub fn load_awq_quant(st: &SafeTensors, prefix: &str, cfg: &AwqConfig) -> Result<GroupQuant> {
+    let p = load_awq_packed(st, prefix, cfg)?;
+    match cfg.version {
+        AwqVersion::Gemm => unpack_gemm(prefix, &p, cfg.group_size),
+        AwqVersion::Gemv => unpack_gemv(prefix, &p, cfg.group_size),
+    }
+}
+
+/// Load one AWQ module (`prefix` = e.g. `model.layers.0.self_attn.q_proj`) as a packed int4
+/// linear layer, with its optional `<prefix>.bias`.
+pub fn load_awq_linear(st: &SafeTensors, prefix: &str, cfg: &AwqConfig) -> Result<AwqLinear> {
+    let gq = load_awq_quant(st, prefix, cfg)?;
+    let bias_name = format!("{prefix}.bias");
+    let bias = match st.tensor(&bias_name) {
+        Err(_) => None,
+        Ok(t) => {
+            if t.shape() != [gq.out_features] {
+                return Err(shape_err(&bias_name, t.shape(), &[gq.out_features]));
+            }
+            Some(floats(&bias_name, t.dtype(), t.data())?)
+        }
+    };
+    AwqLinear::new(&gq, bias)
+}
+
+/// Module prefixes that carry a `.qweight` (sorted), i.e. the AWQ linears of a checkpoint.
+pub fn awq_modules(st: &SafeTensors) -> Vec<String> {
+    let mut v: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".qweight").map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A tensor to store as is (embeddings, norms, biases): safetensors dtype, shape, LE bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    v.iter().flat_map(|&x| f(x)).collect()
+}
+
+/// The checkpoint tensors of one quantized module, named `<prefix>.qweight` etc.
+pub fn awq_module_tensors(prefix: &str, gq: &GroupQuant, cfg: &AwqConfig) -> Result<Vec<(String, RawTensor)>> {
+    if gq.group_size != cfg.group_size {
+        return Err(Error::tensor(
+            prefix,
+            format!("quantized with group {}, config says {}", gq.group_size, cfg.group_size),
+        ));
+    }
+    let p = match cfg.version {
+        AwqVersion::Gemm => pack_gemm(gq)?,
+        AwqVersion::Gemv => pack_gemv(gq)?,
+    };
+    let raw = |dtype, shape: [usize; 2], data| RawTensor {
+        dtype,
+        shape: shape.to_vec(),
+        data,
+    };
+    Ok(vec![
+        (
+            format!("{prefix}.qweight"),
+            raw(Dtype::I32, p.qweight_shape, le(&p.qweight, i32::to_le_bytes)),
+        ),
+        (
+            format!("{prefix}.qzeros"),
+            raw(Dtype::I32, p.qzeros_shape, le(&p.qzeros, i32::to_le_bytes)),
+        ),
+        (
+            format!("{prefix}.scales"),
+            raw(Dtype::F16, p.scales_shape, le(&p.scales, f16::to_le_bytes)),
+        ),
+    ])
+}
+
+/// Write an AutoAWQ-format checkpoint into `dir`: `model.safetensors` with every quantized module
+/// (`modules`: prefix and codes) plus `others` stored as is, and `config.json` = `base_config`
+/// with `quantization_config` set from `cfg`. Loadable by transformers/AutoAWQ and by
+/// [`load_awq_linear`].
+pub fn write_awq_checkpoint(
+    dir: &Path,
+    cfg: &AwqConfig,
+    modules: &[(String, GroupQuant)],
+    others: &[(String, RawTensor)],
+    base_config: &serde_json::Value,
+) -> Result<()> {
+    let mut all: Vec<(String, RawTensor)> = others.to_vec();
+    for (prefix, gq) in modules {
+        all.extend(awq_module_tensors(prefix, gq, cfg)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (n, _) in &all {
+        if !seen.insert(n.as_str()) {
+            return Err(Error::tensor(n, "appears twice in the checkpoint"));
+        }
+    }
+    let views = all
+        .iter()
+        .map(|(n, t)| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::tensor(n, format!("{e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let st_path = dir.join("model.safetensors");
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::format(&st_path, format!("{e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fsutil::write_bytes_atomic(&st_path, &bytes)?;
+    let mut config = base_config.clone();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| Error::config("config.json", "base config is not a JSON object"))?;
+    obj.insert(QC.to_string(), cfg.to_json());
+    obj.insert("torch_dtype".to_string(), "float16".into());
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::msg(format!("config.json: {e}")))?;
+    fsutil::write_bytes_atomic(&dir.join("config.json"), text.as_bytes())
+}

@@ -1,0 +1,292 @@
+//! Activation-aware weight quantization (AWQ) search, model-agnostic.
+//!
+//! The engine captures, for each decoder layer, the input of every group of linears that share
+//! one input (q/k/v after input_layernorm, o_proj after v_proj, gate/up after
+//! post_attention_layernorm, down_proj after up_proj) and supplies a closure that runs the part
+//! of the block those linears feed, on the captured calibration input, with candidate weights.
+//! This module then does what AutoAWQ's `AwqQuantizer` does:
+//! 1. [`search_best_scale`]: per input channel, `s = x_mean^r / w_mean^(1-r)` for r on a grid of
+//!    `n_grid` steps (normalised so sqrt(max*min) = 1), pick the r whose fake-quantized weights
+//!    `Q(W*s)/s` minimise the block output MSE;
+//! 2. fold: `W *= s` (columns) and the preceding op's output channels `/= s`
+//!    ([`scale_columns`], [`fold_into_norm`], [`fold_into_linear`]), which leaves the fp model
+//!    unchanged;
+//! 3. [`search_clip`] / [`apply_clip`]: per (output row, group) shrink the clipping range
+//!    symmetric around 0, minimising that group's contribution error to the output;
+//! 4. quantize with [`quantize_weight`] (exact AutoAWQ round-to-nearest).
+//!
+//! One deliberate difference: the identity scaling (plain RTN) is always a candidate, so the
+//! search can never return scales that do worse than RTN on the calibration data.
+use super::rtn::{check_group_size, pseudo_quantize, GroupQuant};
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+#[derive(Debug, Clone)]
+pub struct AwqSearchOptions {
+    pub group_size: usize,
+    /// Grid steps for the scaling exponent (AutoAWQ: 20).
+    pub n_grid: usize,
+    /// Divide by the weight statistic too (AutoAWQ's `duo_scaling`, default true).
+    pub duo_scaling: bool,
+    /// Grid steps for the clipping ratio (AutoAWQ: 20) and the largest shrink (0.5).
+    pub clip_grid: usize,
+    pub max_shrink: f32,
+    /// Tokens sampled for the clip search (AutoAWQ: 512).
+    pub clip_tokens: usize,
+}
+
+impl Default for AwqSearchOptions {
+    fn default() -> Self {
+        AwqSearchOptions {
+            group_size: 128,
+            n_grid: 20,
+            duo_scaling: true,
+            clip_grid: 20,
+            max_shrink: 0.5,
+            clip_tokens: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleSearch {
+    /// Per input channel; all ones when plain RTN won.
+    pub scales: Vec<f32>,
+    /// The winning exponent, None for the identity.
+    pub ratio: Option<f32>,
+    pub loss: f32,
+    /// Block output MSE of plain RTN (identity scales), for reporting.
+    pub rtn_loss: f32,
+}
+
+fn matrix(name: &str, t: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
+    let (r, c) = t
+        .dims2()
+        .map_err(|_| Error::tensor(name, format!("shape {:?} is not 2-D", t.dims())))?;
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((r, c, v))
+}
+
+/// Round-to-nearest as AutoAWQ does it (fp16), back to an f32 tensor of the same shape.
+pub fn fake_quantize(name: &str, w: &Tensor, group_size: usize) -> Result<Tensor> {
+    let gq = quantize_weight(name, w, group_size)?;
+    let deq: Vec<f32> = gq.dequantize_f16().iter().map(|v| v.to_f32()).collect();
+    Ok(Tensor::from_vec(deq, w.dims(), w.device())?)
+}
+
+/// Final AutoAWQ-exact quantization of an (already scaled and clipped) weight [out, in].
+pub fn quantize_weight(name: &str, w: &Tensor, group_size: usize) -> Result<GroupQuant> {
+    let (out, inf, v) = matrix(name, w)?;
+    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+    pseudo_quantize(name, &h, out, inf, group_size)
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> Result<f32> {
+    if a.dims() != b.dims() {
+        return Err(Error::invalid(
+            "AWQ block output",
+            format!("shape {:?} differs from the reference {:?}", b.dims(), a.dims()),
+        ));
+    }
+    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .sqr()?
+        .mean_all()?
+        .to_scalar::<f32>()?)
+}
+
+/// Multiply column i of `w` [out, in] by `scales[i]`.
+pub fn scale_columns(w: &Tensor, scales: &[f32]) -> Result<Tensor> {
+    let s = Tensor::from_slice(scales, (1, scales.len()), w.device())?.to_dtype(w.dtype())?;
+    Ok(w.broadcast_mul(&s)?)
+}
+
+/// The preceding RMSNorm's weight: channel i `/= scales[i]`.
+pub fn fold_into_norm(norm: &Tensor, scales: &[f32]) -> Result<Tensor> {
+    let s = Tensor::from_slice(scales, scales.len(), norm.device())?.to_dtype(norm.dtype())?;
+    Ok(norm.broadcast_div(&s)?)
+}
+
+/// The preceding linear [out_prev = in, in_prev]: output row i `/= scales[i]`.
+pub fn fold_into_linear(prev: &Tensor, scales: &[f32]) -> Result<Tensor> {
+    let s = Tensor::from_slice(scales, (scales.len(), 1), prev.device())?.to_dtype(prev.dtype())?;
+    Ok(prev.broadcast_div(&s)?)
+}
+
+/// Grid search of the scaling exponent for `linears` (each [out_i, in]) that read `x` [n, in].
+/// `block(ws)` must return the inspected module's output on the calibration input when those
+/// linears have weights `ws` (same order); it is called with the original weights first.
+pub fn search_best_scale(
+    linears: &[Tensor],
+    x: &Tensor,
+    opts: &AwqSearchOptions,
+    block: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<ScaleSearch> {
+    let gs = opts.group_size;
+    let (_, inf, xv) = matrix("AWQ calibration input", x)?;
+    if linears.is_empty() {
+        return Err(Error::invalid("AWQ scale group", "no linear layers"));
+    }
+    // x_mean: mean |x| per input channel.
+    let n = xv.len() / inf.max(1);
+    let mut x_mean = vec![0f32; inf];
+    for row in xv.chunks_exact(inf) {
+        for (m, v) in x_mean.iter_mut().zip(row) {
+            *m += v.abs();
+        }
+    }
+    x_mean.iter_mut().for_each(|m| *m /= n.max(1) as f32);
+    // w_mean: |w| normalised by its group's max, averaged over all output rows.
+    let mut w_mean = vec![0f32; inf];
+    let mut rows = 0usize;
+    for (k, w) in linears.iter().enumerate() {
+        let name = format!("AWQ scale group linear {k}");
+        let (out, win, wv) = matrix(&name, w)?;
+        if win != inf {
+            return Err(Error::tensor(
+                &name,
+                format!("{win} inputs, the captured input has {inf}"),
+            ));
+        }
+        check_group_size(&name, inf, gs)?;
+        for row in wv.chunks_exact(inf) {
+            for (g, grp) in row.chunks_exact(gs).enumerate() {
+                let mx = grp.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-6;
+                for (i, v) in grp.iter().enumerate() {
+                    w_mean[g * gs + i] += v.abs() / mx;
+                }
+            }
+        }
+        rows += out;
+    }
+    w_mean.iter_mut().for_each(|m| *m /= rows as f32);
+
+    let reference = block(linears)?;
+    let loss_for = |scales: &[f32]| -> Result<f32> {
+        let ws = linears
+            .iter()
+            .enumerate()
+            .map(|(k, w)| {
+                let q = fake_quantize(&format!("AWQ scale group linear {k}"), &scale_columns(w, scales)?, gs)?;
+                let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
+                scale_columns(&q, &inv)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        mse(&reference, &block(&ws)?)
+    };
+    let ones = vec![1f32; inf];
+    let rtn_loss = loss_for(&ones)?;
+    let mut best = ScaleSearch {
+        scales: ones,
+        ratio: None,
+        loss: rtn_loss,
+        rtn_loss,
+    };
+    for step in 0..opts.n_grid {
+        let r = step as f32 / opts.n_grid as f32;
+        let mut s: Vec<f32> = (0..inf)
+            .map(|i| {
+                let a = x_mean[i].powf(r);
+                let v = if opts.duo_scaling {
+                    a / (w_mean[i].powf(1.0 - r) + 1e-4)
+                } else {
+                    a
+                };
+                v.max(1e-4)
+            })
+            .collect();
+        let (mx, mn) = s.iter().fold((f32::MIN, f32::MAX), |(a, b), &v| (a.max(v), b.min(v)));
+        let norm = (mx * mn).sqrt();
+        // Like AutoAWQ: channels whose scale overflowed (x_mean^r of an extreme activation)
+        // are left unscaled rather than poisoning the weights.
+        s.iter_mut()
+            .for_each(|v| *v = if (*v / norm).is_finite() { *v / norm } else { 1.0 });
+        let loss = loss_for(&s)?;
+        if loss < best.loss {
+            best = ScaleSearch {
+                scales: s,
+                ratio: Some(r),
+                loss,
+                rtn_loss,
+            };
+        }
+    }
+    Ok(best)
+}
+
+/// Per (output row, group) clipping bound for `w` [out, in] given its input `x` [n, in]:
+/// the shrink of the group's absmax (down to `1 - max_shrink`) whose fake-quantized group
+/// minimises the mean squared error of that group's contribution to the output.
+pub fn search_clip(name: &str, w: &Tensor, x: &Tensor, opts: &AwqSearchOptions) -> Result<Vec<f32>> {
+    let gs = opts.group_size;
+    let (out, inf, wv) = matrix(name, w)?;
+    check_group_size(name, inf, gs)?;
+    let (_, xin, xv) = matrix("AWQ calibration input", x)?;
+    if xin != inf {
+        return Err(Error::tensor(
+            name,
+            format!("{inf} inputs, the captured input has {xin}"),
+        ));
+    }
+    // Sample tokens evenly like AutoAWQ (every k-th row).
+    let n = xv.len() / inf;
+    let step = (n / opts.clip_tokens.max(1)).max(1);
+    let xs: Vec<&[f32]> = xv.chunks_exact(inf).step_by(step).collect();
+    let ng = inf / gs;
+    let steps = ((opts.max_shrink * opts.clip_grid as f32) as usize).max(1);
+    let best: Vec<f32> = (0..out * ng)
+        .into_par_iter()
+        .map(|k| {
+            let (o, g) = (k / ng, k % ng);
+            let grp = &wv[o * inf + g * gs..o * inf + (g + 1) * gs];
+            let org_max = grp.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let mut best = (f32::INFINITY, org_max);
+            for i in 0..steps {
+                let max_val = org_max * (1.0 - i as f32 / opts.clip_grid as f32);
+                let err = clip_error(grp, max_val, &xs, g * gs);
+                if err < best.0 {
+                    best = (err, max_val);
+                }
+            }
+            best.1
+        })
+        .collect();
+    Ok(best)
+}
+
+/// Output error of one group clamped to ±max_val then fake-quantized.
+fn clip_error(grp: &[f32], max_val: f32, xs: &[&[f32]], off: usize) -> f32 {
+    let clamped: Vec<f16> = grp.iter().map(|v| f16::from_f32(v.clamp(-max_val, max_val))).collect();
+    let diff: Vec<f32> = match pseudo_quantize("clip", &clamped, 1, grp.len(), grp.len()) {
+        Ok(q) => q
+            .dequantize_f16()
+            .iter()
+            .zip(grp)
+            .map(|(q, w)| w - q.to_f32())
+            .collect(),
+        Err(_) => return f32::INFINITY,
+    };
+    let mut acc = 0f32;
+    for x in xs {
+        let e = super::awq_linear::dot(&x[off..off + grp.len()], &diff);
+        acc += e * e;
+    }
+    acc / xs.len().max(1) as f32
+}
+
+/// Clamp each (row, group) of `w` to ±max_val from [`search_clip`].
+pub fn apply_clip(name: &str, w: &Tensor, max_val: &[f32], group_size: usize) -> Result<Tensor> {
+    let (out, inf, mut wv) = matrix(name, w)?;
+    check_group_size(name, inf, group_size)?;
+    if max_val.len() != out * (inf / group_size) {
+        return Err(Error::tensor(
+            name,
+            format!("{} clip bounds for {out} x {} groups", max_val.len(), inf / group_size),
+        ));
+    }
+    for (k, grp) in wv.chunks_exact_mut(group_size).enumerate() {
+        grp.iter_mut().for_each(|v| *v = v.clamp(-max_val[k], max_val[k]));
+    }
+    Ok(Tensor::from_vec(wv, (out, inf), w.device())?)
+}

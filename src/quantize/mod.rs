@@ -1,0 +1,97 @@
+//! Quantization formats and kernels. Every format keeps its codes in memory and implements
+//! [`QuantLinear`] (`y = x W^T + b` without expanding W), so the model's `Linear` can hold any of
+//! them behind one variant, e.g. `Linear::Custom(Arc<dyn QuantLinear>)` calling
+//! [`QuantLinear::forward`] (any float dtype, shape `[..., in]`).
+//!
+//! * [`awq`]: AutoAWQ checkpoints. [`AwqConfig::from_json`] on config.json, then per module
+//!   [`load_awq_linear`]`(&safetensors, "model.layers.0.self_attn.q_proj", &cfg)` → [`AwqLinear`]
+//!   (packed int4; [`awq_linear`] documents the kernels). [`write_awq_checkpoint`] writes one.
+//!   [`awq_model::dequantize_awq_checkpoint`] gives plain f32 weights instead.
+//! * [`rtn`]: AutoAWQ-exact round-to-nearest ([`pseudo_quantize`]), the quantizer AWQ ends with.
+//! * [`awq_search`] / [`awq_model`]: the activation-aware search itself, generic over a block
+//!   closure and wired to the engine's decoder ([`awq_model::awq_quantize_model`]).
+//! * [`bnb`]: LLM.int8() ([`Int8Linear`]) and NF4/FP4 ([`Bnb4Linear`]); [`bnb_ckpt`] loads and
+//!   writes them in transformers' bitsandbytes serialization.
+//! * [`gguf_quant`]: per-tensor GGUF block encoding ([`quantize_for_gguf`]).
+pub mod awq;
+pub mod awq_linear;
+pub mod awq_model;
+pub mod awq_search;
+pub mod bnb;
+pub mod bnb_ckpt;
+pub mod gguf_quant;
+pub mod rtn;
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
+pub use awq_linear::AwqLinear;
+pub use bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
+pub use gguf_quant::quantize_for_gguf;
+pub use rtn::{pseudo_quantize, GroupQuant};
+
+/// A linear layer whose weight stays quantized: `y = x W^T (+ b)`.
+/// `Debug` is a supertrait so `Arc<dyn QuantLinear>` fits in `#[derive(Debug)]` enums; the
+/// implementations print shapes, not their millions of codes.
+pub trait QuantLinear: Send + Sync + std::fmt::Debug {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    /// `x` [n, in] row-major f32 → y [n, out].
+    fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>>;
+
+    /// candle entry point: `x` [..., in] of any float dtype → [..., out] in x's dtype (CPU).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&last, lead)) = dims.split_last() else {
+            return Err(Error::invalid("quantized linear input", "a scalar has no feature dim"));
+        };
+        if last != self.in_features() {
+            return Err(Error::invalid(
+                "quantized linear input",
+                format!("shape {dims:?}, last dim must be {}", self.in_features()),
+            ));
+        }
+        let n = lead.iter().product();
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = self.forward_f32(&xs, n)?;
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.out_features());
+        Ok(Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())?)
+    }
+}
+
+/// Batches at least this large go through dequantize + GEMM instead of the decode kernels.
+pub(crate) const GEMM_MIN_ROWS: usize = 16;
+/// Output rows dequantized per GEMM call (256 x 4096 f32 = 4 MiB).
+const GEMM_TILE: usize = 256;
+
+/// `y = x W^T` for x [n, in] by dequantizing `GEMM_TILE` rows of W at a time (`dequant_row(o,
+/// dst)` fills row o) and using candle's blocked, SIMD, multithreaded GEMM: the dequantization
+/// is amortised over the n input rows.
+pub(crate) fn gemm_by_row_tiles(
+    out: usize,
+    inf: usize,
+    x: &[f32],
+    n: usize,
+    dequant_row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(x, (n, inf), &dev)?;
+    let mut y = vec![0f32; n * out];
+    let mut buf = vec![0f32; GEMM_TILE.min(out) * inf];
+    for o0 in (0..out).step_by(GEMM_TILE) {
+        let rows = GEMM_TILE.min(out - o0);
+        buf[..rows * inf]
+            .par_chunks_mut(inf)
+            .enumerate()
+            .for_each(|(k, dst)| dequant_row(o0 + k, dst));
+        let wt = Tensor::from_slice(&buf[..rows * inf], (rows, inf), &dev)?;
+        let yt = xt.matmul(&wt.t()?)?.to_vec2::<f32>()?;
+        for (r, yr) in yt.iter().enumerate() {
+            y[r * out + o0..r * out + o0 + rows].copy_from_slice(yr);
+        }
+    }
+    Ok(y)
+}
