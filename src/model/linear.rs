@@ -2,6 +2,7 @@
 //! and never asks which format it holds. A LoRA adapter wraps whatever base kind is there, so
 //! new weight formats only add variants to `LinearKind`.
 use crate::error::Result;
+use crate::quantize::QuantLinear;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -12,6 +13,8 @@ use std::sync::{Arc, Mutex};
 pub enum Weight {
     Dense(Tensor),
     Quant(Arc<QTensor>),
+    /// AutoAWQ int4, bitsandbytes int8/NF4/FP4: kept packed, with kernels of their own.
+    Custom(Arc<dyn QuantLinear>),
 }
 
 impl Weight {
@@ -19,6 +22,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.dims().to_vec(),
             Weight::Quant(q) => q.shape().dims().to_vec(),
+            Weight::Custom(c) => vec![c.out_features(), c.in_features()],
         }
     }
 
@@ -27,8 +31,14 @@ impl Weight {
         Ok(match self {
             Weight::Dense(t) => t.to_dtype(dtype)?,
             Weight::Quant(q) => q.dequantize(&q.device())?.to_dtype(dtype)?,
+            Weight::Custom(c) => custom_dense(c.as_ref(), dtype)?,
         })
     }
+}
+
+fn custom_dense(c: &dyn QuantLinear, dtype: DType) -> Result<Tensor> {
+    let w = Tensor::from_vec(c.dequantize_weight(), (c.out_features(), c.in_features()), &Device::Cpu)?;
+    Ok(w.to_dtype(dtype)?)
 }
 
 /// From this many input rows on, quantized weights are dequantized for a dense GEMM.
@@ -41,6 +51,8 @@ pub enum LinearKind {
     Dense(Tensor),
     /// GGUF blocks; candle quantizes the activations per block and uses integer dot products.
     Quant(QMatMul),
+    /// Formats with kernels of their own (AWQ, bitsandbytes), see `crate::quantize`.
+    Custom(Arc<dyn QuantLinear>),
 }
 
 /// Dropout state shared by all adapters of one model. `None` outside training, so inference
@@ -183,6 +195,10 @@ impl Linear {
                 kind: LinearKind::Quant(QMatMul::from_arc(q)?),
                 lora: None,
             },
+            Weight::Custom(c) => Linear {
+                kind: LinearKind::Custom(c),
+                lora: None,
+            },
         })
     }
 
@@ -203,6 +219,7 @@ impl Linear {
             LinearKind::Dense(w) => w.dims().to_vec(),
             LinearKind::Quant(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
             LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.dims().to_vec(),
+            LinearKind::Custom(c) => vec![c.out_features(), c.in_features()],
         };
         (d[0], d[1])
     }
@@ -213,6 +230,7 @@ impl Linear {
             LinearKind::Dense(w) => w.to_dtype(dtype)?,
             LinearKind::Quant(QMatMul::QTensor(q)) => q.dequantize(&q.device())?.to_dtype(dtype)?,
             LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.to_dtype(dtype)?,
+            LinearKind::Custom(c) => custom_dense(c.as_ref(), dtype)?,
         })
     }
 
@@ -220,6 +238,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.kind {
             LinearKind::Dense(w) => dense_forward(x, w)?,
+            LinearKind::Custom(c) => c.forward(x)?,
             LinearKind::Quant(q) => {
                 let dt = x.dtype();
                 let xf = if dt == DType::F32 {

@@ -236,7 +236,7 @@ impl Model {
             // Tied: reuse the embedding weight; keep GGUF blocks quantized for the fast path.
             match embed_w {
                 Weight::Quant(q) => Linear::new(Weight::Quant(q), dtype)?,
-                Weight::Dense(_) => Linear::dense(embed_tokens.clone()),
+                Weight::Dense(_) | Weight::Custom(_) => Linear::dense(embed_tokens.clone()),
             }
         };
         Ok(Model {

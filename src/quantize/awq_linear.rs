@@ -302,6 +302,9 @@ impl AwqLinear {
 }
 
 impl QuantLinear for AwqLinear {
+    fn dequantize_weight(&self) -> Vec<f32> {
+        AwqLinear::dequantize(self)
+    }
     fn in_features(&self) -> usize {
         self.in_features
     }

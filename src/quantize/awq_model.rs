@@ -155,7 +155,7 @@ fn run(m: &Model, h: &Tensor) -> Result<Tensor> {
 }
 
 fn dense(t: &Tensor) -> Linear {
-    Linear::Dense(t.clone())
+    Linear::dense(t.clone())
 }
 
 fn flat(t: &Tensor) -> Result<Tensor> {

@@ -241,6 +241,9 @@ impl Int8Linear {
 }
 
 impl QuantLinear for Int8Linear {
+    fn dequantize_weight(&self) -> Vec<f32> {
+        Int8Linear::dequantize(self)
+    }
     fn in_features(&self) -> usize {
         self.in_features
     }
@@ -534,6 +537,9 @@ impl Bnb4Linear {
 }
 
 impl QuantLinear for Bnb4Linear {
+    fn dequantize_weight(&self) -> Vec<f32> {
+        Bnb4Linear::dequantize(self)
+    }
     fn in_features(&self) -> usize {
         self.in_features
     }

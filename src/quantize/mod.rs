@@ -40,6 +40,8 @@ pub trait QuantLinear: Send + Sync + std::fmt::Debug {
     fn out_features(&self) -> usize;
     /// `x` [n, in] row-major f32 → y [n, out].
     fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>>;
+    /// The weight as dense `[out, in]` f32 values (for merging adapters, training, conversion).
+    fn dequantize_weight(&self) -> Vec<f32>;
 
     /// candle entry point: `x` [..., in] of any float dtype → [..., out] in x's dtype (CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,4 +1,5 @@
 //! Where models come from: Hugging Face folders, hub ids (through the hub cache) and GGUF files.
+pub mod awq_store;
 pub mod convert;
 pub mod gguf;
 pub mod gguf_store;
@@ -147,6 +148,15 @@ impl ModelSource {
     fn open_hf_dir(spec: &str, dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_json_file(&dir.join("config.json"))?;
         let weights = safetensors_store::SafetensorsStore::open_dir(dir)?;
+        let raw_config = read_json(&dir.join("config.json"))?.unwrap_or_default();
+        let weights: Box<dyn WeightSource + Send + Sync> = if awq_store::is_awq(&raw_config) {
+            Box::new(
+                awq_store::AwqStore::new(weights, &raw_config)
+                    .map_err(|e| Error::format(dir.join("config.json"), e.to_string()))?,
+            )
+        } else {
+            Box::new(weights)
+        };
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(Error::format(dir, "no tokenizer.json in the model folder"));
@@ -165,7 +175,7 @@ impl ModelSource {
             path: dir.to_path_buf(),
             format: Format::HfFolder,
             config,
-            weights: Box::new(weights),
+            weights,
             tokenizer,
             chat_template,
             eos_ids,

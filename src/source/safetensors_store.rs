@@ -106,6 +106,16 @@ impl SafetensorsStore {
         Ok((format!("{:?}", view.dtype()), view.shape().to_vec()))
     }
 
+    /// The parsed shard holding `name` (formats that combine several tensors per layer).
+    pub fn shard_of(&self, name: &str) -> Result<SafeTensors<'_>> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
+        let (path, mmap) = &self.files[i];
+        SafeTensors::deserialize(mmap).map_err(|e| Error::format(path, e.to_string()))
+    }
+
     fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
         let &i = self
             .index
