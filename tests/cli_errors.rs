@@ -203,3 +203,87 @@ fn prompt_and_sampling_errors() {
         &["msgs.json"],
     );
 }
+
+#[test]
+fn quantize_commands_produce_loadable_models() {
+    let dir = tiny_model("quant");
+    let calib = dir.with_extension("calib.txt");
+    std::fs::write(
+        &calib,
+        "Aspirin inhibits cyclooxygenase and reduces fever. ".repeat(200),
+    )
+    .unwrap();
+    for method in ["rtn", "awq"] {
+        let out = dir.with_extension(method);
+        let _ = std::fs::remove_dir_all(&out);
+        let o = Command::new(common::bin())
+            .args([
+                "quantize",
+                "--model",
+                s(&dir),
+                "--method",
+                method,
+                "--out",
+                s(&out),
+                "--group-size",
+                "64",
+            ])
+            .args(["--calib", s(&calib), "--samples", "4", "--seq-len", "32"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(common::bin())
+            .args(["generate", "--model", s(&out), "--prompt", "hi", "-n", "3"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let gguf = dir.with_extension("q8.gguf");
+    let o = Command::new(common::bin())
+        .args([
+            "quantize",
+            "--model",
+            s(&dir),
+            "--method",
+            "gguf",
+            "--type",
+            "q8_0",
+            "--out",
+            s(&gguf),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(common::bin())
+        .args(["inspect", s(&gguf), "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["by_type"]["Q8_0"]["tensors"].as_u64().unwrap() > 0);
+    fails_with(
+        &[
+            "quantize",
+            "--model",
+            s(&dir),
+            "--method",
+            "rtn",
+            "--out",
+            s(&dir.with_extension("x")),
+            "--group-size",
+            "48",
+        ],
+        &["--group-size"],
+    );
+    fails_with(
+        &[
+            "quantize",
+            "--model",
+            s(&dir),
+            "--method",
+            "zip",
+            "--out",
+            s(&dir.with_extension("y")),
+        ],
+        &["--method"],
+    );
+}

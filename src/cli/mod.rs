@@ -14,10 +14,11 @@ mod merge;
 mod merge_lora;
 mod perplexity;
 mod pretrain;
+mod quantize;
 mod score;
 mod serve;
-mod translate_benchmark;
 mod sft;
+mod translate_benchmark;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve an OpenAI-compatible API and a chat page over HTTP.
     Serve(serve::ServeArgs),
+    /// Quantize a model: AutoAWQ int4 (awq search or rtn) or GGUF block types.
+    Quantize(quantize::QuantizeArgs),
     /// Write a random-weight model of a real shape.
     InitRandom(init_random::InitRandomArgs),
     /// Run the medical benchmark (MMLU medical, MedQA, PubMedQA, MedMCQA) with BioMistral's protocol.
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::InitRandom(a) => init_random::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Eval(a) => eval::run(*a),
         Command::EvalReport(a) => eval_report::run(a),

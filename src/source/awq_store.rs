@@ -22,7 +22,10 @@ impl AwqStore {
         let cfg = AwqConfig::from_json(q)?;
         let store = AwqStore { inner, cfg };
         if !store.inner.names().any(|n| n.ends_with(".qweight")) {
-            return Err(Error::config("quantization_config", "says awq, but the checkpoint has no '*.qweight' tensors"));
+            return Err(Error::config(
+                "quantization_config",
+                "says awq, but the checkpoint has no '*.qweight' tensors",
+            ));
         }
         Ok(store)
     }
@@ -51,7 +54,9 @@ impl WeightSource for AwqStore {
     }
     fn contains(&self, name: &str) -> bool {
         self.inner.contains(name)
-            || name.strip_suffix(".weight").is_some_and(|p| self.inner.contains(&format!("{p}.qweight")))
+            || name
+                .strip_suffix(".weight")
+                .is_some_and(|p| self.inner.contains(&format!("{p}.qweight")))
     }
     fn summaries(&self) -> Vec<TensorSummary> {
         self.inner.summaries()

@@ -132,7 +132,14 @@ impl GgufVocab {
             pre: g.get_str("tokenizer.ggml.pre").map(String::from),
             scores: number_array(g, "tokenizer.ggml.scores", |x| x.as_f64().map(|s| s as f32))?.unwrap_or_default(),
             token_types: number_array(g, "tokenizer.ggml.token_type", token_type)?.unwrap_or_default(),
-            merges: string_array(g, "tokenizer.ggml.merges")?.unwrap_or_default(),
+            merges: match string_array(g, "tokenizer.ggml.merges")? {
+                Some(m) => m,
+                // A present but empty list is a valid byte-level vocabulary without merges.
+                None if model == "gpt2" => {
+                    return Err(field_err("tokenizer.ggml.merges", "missing (required for gpt2)"))
+                }
+                None => vec![],
+            },
             tokens,
             bos_id: id("tokenizer.ggml.bos_token_id")?,
             eos_id: id("tokenizer.ggml.eos_token_id")?,
@@ -176,7 +183,6 @@ impl GgufVocab {
             }
         }
         match self.model.as_str() {
-            "gpt2" if self.merges.is_empty() => Err(field_err("tokenizer.ggml.merges", "missing (required for gpt2)")),
             "llama" if self.scores.is_empty() => {
                 Err(field_err("tokenizer.ggml.scores", "missing (required for llama)"))
             }

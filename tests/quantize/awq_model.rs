@@ -151,13 +151,22 @@ fn autoawq_folder_loads_packed_through_the_engine() {
         }
         let tok = biomistral::source::random::byte_level_tokenizer_json(256);
         std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
-        let opts = biomistral::source::LoadOptions { dtype: Some(DType::F32), ..Default::default() };
+        let opts = biomistral::source::LoadOptions {
+            dtype: Some(DType::F32),
+            ..Default::default()
+        };
         let m = biomistral::source::load(dir.path().to_str().unwrap(), &opts).unwrap();
-        assert!(matches!(m.model.layers[0].self_attn.q_proj.kind, LinearKind::Custom(_)), "{name}: not packed");
+        assert!(
+            matches!(m.model.layers[0].self_attn.q_proj.kind, LinearKind::Custom(_)),
+            "{name}: not packed"
+        );
         let rbytes = std::fs::read(fixture(&format!("{name}.reference.safetensors"))).unwrap();
         let r = candle_core::safetensors::load_buffer(&rbytes, &Device::Cpu).unwrap();
         let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
-        let y = m.model.forward(&ids, &mut m.model.new_cache(), Logits::All, &ForwardOpts::default()).unwrap();
+        let y = m
+            .model
+            .forward(&ids, &mut m.model.new_cache(), Logits::All, &ForwardOpts::default())
+            .unwrap();
         let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = r["logits"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let err = rel_l2(&got, &want);
@@ -173,7 +182,14 @@ fn awq_config_disagreeing_with_tensors_is_an_error() {
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
     cfg["quantization_config"]["group_size"] = 32.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), biomistral::source::random::byte_level_tokenizer_json(256).to_string()).unwrap();
-    let e = biomistral::source::load(dir.path().to_str().unwrap(), &Default::default()).err().unwrap().to_string();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        biomistral::source::random::byte_level_tokenizer_json(256).to_string(),
+    )
+    .unwrap();
+    let e = biomistral::source::load(dir.path().to_str().unwrap(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("model.layers.0"), "{e}");
 }
