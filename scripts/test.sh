@@ -9,6 +9,6 @@ if [ -z "${BIOMISTRAL_DATA:-}" ] && [ -d ../shared/data ]; then
   export BIOMISTRAL_DATA="$(cd ../shared/data && pwd)"
 fi
 if [ -x scripts/setup-test-venv.sh ] && [ -z "${BIOMISTRAL_PYTHON:-}" ]; then
-  BIOMISTRAL_PYTHON="$(scripts/setup-test-venv.sh)" && export BIOMISTRAL_PYTHON || echo "note: no Python venv for the openai-client test" >&2
+  BIOMISTRAL_PYTHON="$(scripts/setup-test-venv.sh | tail -n1)" && export BIOMISTRAL_PYTHON || echo "note: no Python venv for the openai-client test" >&2
 fi
 cargo test --all-targets "$@"
