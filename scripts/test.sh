@@ -11,4 +11,4 @@ fi
 if [ -x scripts/setup-test-venv.sh ] && [ -z "${BIOMISTRAL_PYTHON:-}" ]; then
   BIOMISTRAL_PYTHON="$(scripts/setup-test-venv.sh | tail -n1)" && export BIOMISTRAL_PYTHON || echo "note: no Python venv for the openai-client test" >&2
 fi
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"

@@ -334,10 +334,16 @@ fn eval_and_report_commands_against_stub_server() {
         .starts_with("<svg"));
     assert!(rep.join("ensemble/samples_pubmedqa.jsonl").is_file());
 
-    // Local models are the engine's job; until it is wired the command says so.
-    let o = biomistral(&["eval", "--model", "some/folder", "--out", &s(&work.path().join("x"))]);
+    // A local model that does not exist is named in the error.
+    let o = biomistral(&[
+        "eval",
+        "--model",
+        "./no/such/model",
+        "--out",
+        &s(&work.path().join("x")),
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("local engine backend not wired yet"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no/such/model"));
 }
 
 #[test]
