@@ -341,8 +341,15 @@ impl Model {
         let s = offset + t;
         let (cos, sin) = self.rotary.tables(offset, t, opts.positions)?;
         let mask = self.attention_bias(b, t, offset, opts.key_mask)?;
+        let pads = left_pads(opts.key_mask)?;
         for i in range {
-            h = self.layers[i].forward(&h, i, &cos, &sin, mask.as_ref(), cache, opts.differentiable)?;
+            let ctx = AttnCtx {
+                cos: &cos,
+                sin: &sin,
+                mask: mask.as_ref(),
+                pads: pads.as_deref(),
+            };
+            h = self.layers[i].forward(&h, i, &ctx, cache, opts.differentiable)?;
         }
         debug_assert_eq!(cache.seq_len(), s);
         Ok(h)
@@ -418,24 +425,43 @@ impl Model {
     }
 }
 
+/// Per-forward inputs every attention layer shares.
+struct AttnCtx<'a> {
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: Option<&'a Tensor>,
+    /// Left-padding length of each row, when padding is a prefix of every row.
+    pads: Option<&'a [usize]>,
+}
+
+/// Leading zeros of each row of a `[B, S]` key mask, if every row is zeros-then-ones.
+fn left_pads(key_mask: Option<&Tensor>) -> Result<Option<Vec<usize>>> {
+    let Some(m) = key_mask else { return Ok(None) };
+    let rows: Vec<Vec<u32>> = m.to_dtype(DType::U32)?.to_vec2()?;
+    let mut pads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let p = r.iter().take_while(|&&x| x == 0).count();
+        if r[p..].iter().any(|&x| x == 0) {
+            return Ok(None);
+        }
+        pads.push(p);
+    }
+    Ok(Some(pads))
+}
+
 impl Block {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        ctx: &AttnCtx,
         cache: &mut KvCache,
         differentiable: bool,
     ) -> Result<Tensor> {
         let a = self.self_attn.forward(
             &self.input_layernorm.forward(x, differentiable)?,
             layer,
-            cos,
-            sin,
-            mask,
+            ctx,
             cache,
             differentiable,
         )?;
@@ -456,17 +482,15 @@ impl Mlp {
 }
 
 impl Attention {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        ctx: &AttnCtx,
         cache: &mut KvCache,
         differentiable: bool,
     ) -> Result<Tensor> {
+        let (cos, sin) = (ctx.cos, ctx.sin);
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
@@ -475,11 +499,46 @@ impl Attention {
         let q = Rotary::apply(&q.contiguous()?, cos, sin, differentiable)?;
         let k = Rotary::apply(&k.contiguous()?, cos, sin, differentiable)?;
         let (k, v) = cache.append(layer, &k, &v.contiguous()?)?;
-        let s = k.dims()[2];
-        // Grouped-query attention without copying K/V per head: fold the `rep` query heads that
-        // share a KV head into the row dimension.
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
+        let out = match ctx.pads {
+            // Left-padded rows attend over their own keys only, so that a row's result does not
+            // depend on its batch (reductions over extra zeros change SIMD summation order).
+            Some(pads) if b > 1 && pads.iter().any(|&p| p > 0) => {
+                let s = k.dims()[2];
+                let mut rows = Vec::with_capacity(b);
+                for (i, &p) in pads.iter().enumerate() {
+                    let n = s - p;
+                    let m = match ctx.mask {
+                        Some(m) if m.dims()[0] == b => Some(m.narrow(0, i, 1)?.narrow(3, p, n)?),
+                        Some(m) => Some(m.narrow(3, p, n)?),
+                        None => None,
+                    };
+                    let kr = k.narrow(0, i, 1)?.narrow(2, p, n)?.contiguous()?;
+                    let vr = v.narrow(0, i, 1)?.narrow(2, p, n)?.contiguous()?;
+                    rows.push(self.attend(&q.narrow(0, i, 1)?, &kr, &vr, m.as_ref(), t, differentiable)?);
+                }
+                Tensor::cat(&rows, 0)?
+            }
+            _ => self.attend(&q, &k, &v, ctx.mask, t, differentiable)?,
+        };
+        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// softmax(q k^T / sqrt(d) + mask) v for q `[B, nkv, rep*T, D]`, k/v `[B, nkv, S, D]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        t: usize,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let (b, nkv, _, hd) = q.dims4()?;
+        let rep = self.n_heads / self.n_kv_heads;
+        let s = k.dims()[2];
         let scale = 1.0 / (hd as f64).sqrt();
         let sdt = if q.dtype() == DType::F64 {
             DType::F64
@@ -500,8 +559,6 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs.to_dtype(v.dtype())?.matmul(&v)?; // [B, nkv, rep*T, D]
-        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        self.o_proj.forward(&out)
+        Ok(probs.to_dtype(v.dtype())?.matmul(v)?)
     }
 }
