@@ -441,7 +441,7 @@ fn left_pads(key_mask: Option<&Tensor>) -> Result<Option<Vec<usize>>> {
     let mut pads = Vec::with_capacity(rows.len());
     for r in rows {
         let p = r.iter().take_while(|&&x| x == 0).count();
-        if r[p..].iter().any(|&x| x == 0) {
+        if r[p..].contains(&0) {
             return Ok(None);
         }
         pads.push(p);
