@@ -116,11 +116,20 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
 }
 
+/// `a @ b`, upcasting bf16 to f32 on the CPU, where candle has no bf16 GEMM: weights stay bf16
+/// in memory and the arithmetic is f32.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::BF16 && a.device().is_cpu() {
+        return Ok(a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)?);
+    }
+    Ok(a.matmul(b)?)
+}
+
 /// `x @ w^T` for `x` of shape `[..., in]` and `w` of shape `[out, in]`.
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
-    let y = x.reshape(((), k))?.matmul(&w.t()?)?;
+    let y = matmul(&x.reshape(((), k))?, &w.t()?)?;
     let mut out = dims;
     let n = out.len();
     out[n - 1] = w.dims()[0];

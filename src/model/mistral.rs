@@ -545,7 +545,7 @@ impl Attention {
         } else {
             DType::F32
         };
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(sdt)?;
+        let scores = (super::linear::matmul(q, &k.t()?)? * scale)?.to_dtype(sdt)?;
         let scores = match mask {
             Some(m) => {
                 let sc = scores.reshape((b, nkv, rep, t, s))?;
@@ -559,6 +559,6 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        Ok(probs.to_dtype(v.dtype())?.matmul(v)?)
+        super::linear::matmul(&probs.to_dtype(v.dtype())?, v)
     }
 }
