@@ -292,7 +292,18 @@ fn quantize_commands_produce_loadable_models() {
 fn bf16_compute_runs_on_cpu() {
     let dir = tiny_model("bf16");
     let out = Command::new(common::bin())
-        .args(["generate", "--model", s(&dir), "--prompt", "hello", "-n", "3", "--dtype", "bf16", "--json"])
+        .args([
+            "generate",
+            "--model",
+            s(&dir),
+            "--prompt",
+            "hello",
+            "-n",
+            "3",
+            "--dtype",
+            "bf16",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

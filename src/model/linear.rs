@@ -120,7 +120,10 @@ pub struct Linear {
 /// in memory and the arithmetic is f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dtype() == DType::BF16 && a.device().is_cpu() {
-        return Ok(a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)?);
+        return Ok(a
+            .to_dtype(DType::F32)?
+            .matmul(&b.to_dtype(DType::F32)?)?
+            .to_dtype(DType::BF16)?);
     }
     Ok(a.matmul(b)?)
 }
