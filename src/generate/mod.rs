@@ -67,7 +67,7 @@ pub fn check_prompt(m: &LoadedModel, ids: &[u32], max_new_tokens: usize) -> Resu
 }
 
 /// Longest suffix of `text` that is a proper prefix of some stop string: held back while streaming.
-fn held_back(text: &str, stops: &[String]) -> usize {
+pub fn held_back(text: &str, stops: &[String]) -> usize {
     let mut hold = 0;
     for s in stops {
         for k in (1..s.len()).rev() {

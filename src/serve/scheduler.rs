@@ -434,7 +434,7 @@ impl Engine {
             r.finished = Some(Finish::Stop);
             safe = pos;
         } else {
-            safe -= held_back(&r.text, &p.stop);
+            safe -= crate::generate::held_back(&r.text, &p.stop);
         }
         let text = if safe > r.emitted {
             let t = r.text[r.emitted..safe].to_string();
@@ -455,24 +455,6 @@ impl Engine {
             r.finished = Some(Finish::Length);
         }
     }
-}
-
-/// Longest suffix of `text` that starts some stop string: held back while streaming.
-fn held_back(text: &str, stops: &[String]) -> usize {
-    let mut hold = 0;
-    for s in stops {
-        for k in (1..s.len()).rev() {
-            if k <= text.len()
-                && text.is_char_boundary(text.len() - k)
-                && s.is_char_boundary(k)
-                && text.ends_with(&s[..k])
-            {
-                hold = hold.max(k);
-                break;
-            }
-        }
-    }
-    hold
 }
 
 /// Log-softmax of `[N, V]` logits as the rest of the engine computes it (`scoring`): in f32,
@@ -516,7 +498,7 @@ mod tests {
     #[test]
     fn holdback() {
         let stops = vec!["###".to_string()];
-        assert_eq!(held_back("a ##", &stops), 2);
-        assert_eq!(held_back("a", &stops), 0);
+        assert_eq!(crate::generate::held_back("a ##", &stops), 2);
+        assert_eq!(crate::generate::held_back("a", &stops), 0);
     }
 }
