@@ -172,3 +172,75 @@ fn chat_session_over_stdin_with_reset_and_exit() {
     assert!(e.contains("research tool") && e.contains("conversation cleared"), "{e}");
     assert_eq!(o.matches("> ").count(), 4, "{o}");
 }
+
+/// AWQ's activation-aware search beats plain round-to-nearest at the same group size on the real
+/// fixture (group 64: SmolLM2's 576-wide rows are not a multiple of 128), measured as held-out
+/// PubMed perplexity. Small calibration keeps CI time down; BENCHMARKS.md has the full figures.
+#[test]
+fn awq_beats_rtn_on_fixture_perplexity() {
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let Some(data) = common::data_dir() else { return };
+    let work = common::scratch().join(format!("awq-fixture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let calib = data.join("pubmed_calib/ncbi_disease/NCBItrainset_corpus.txt");
+    let d = dir.to_str().unwrap();
+    let (rtn, awq) = (work.join("rtn"), work.join("awq"));
+    run(&[
+        "quantize",
+        "--model",
+        d,
+        "--method",
+        "rtn",
+        "--out",
+        rtn.to_str().unwrap(),
+        "--group-size",
+        "64",
+    ]);
+    run(&[
+        "quantize",
+        "--model",
+        d,
+        "--method",
+        "awq",
+        "--out",
+        awq.to_str().unwrap(),
+        "--group-size",
+        "64",
+        "--samples",
+        "8",
+        "--seq-len",
+        "128",
+        "--clip-tokens",
+        "64",
+        "--calib",
+        calib.to_str().unwrap(),
+    ]);
+    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let jsonl = work.join("docs.jsonl");
+    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..8]
+        .iter()
+        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let p = |m: &str| {
+        let (o, _) = run(&[
+            "perplexity",
+            "--model",
+            m,
+            "--dtype",
+            "f32",
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&o).unwrap()["ppl"]
+            .as_f64()
+            .unwrap()
+    };
+    let (base, r, a) = (p(d), p(rtn.to_str().unwrap()), p(awq.to_str().unwrap()));
+    eprintln!("perplexity: bf16 {base:.3}, RTN-4bit-g64 {r:.3}, AWQ-4bit-g64 {a:.3}");
+    assert!(a < r, "AWQ {a} is not below RTN {r}");
+    assert!(a > base * 0.98, "AWQ {a} implausibly below the unquantized {base}");
+    std::fs::remove_dir_all(&work).ok();
+}
