@@ -48,3 +48,61 @@ pub fn mmap(path: &Path) -> Result<memmap2::Mmap> {
     // truncated underneath us while it is mapped.
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
+
+/// An output folder assembled under a hidden sibling name (`.NAME.partial-PID`) and renamed into
+/// place by `commit`; dropped uncommitted (an error, an interrupted run) it is removed, so a
+/// folder that looks finished always is.
+pub struct StagedDir {
+    pub path: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    /// Refuses a `dest` that exists and is not empty.
+    pub fn new(dest: &Path) -> Result<Self> {
+        if dest.exists()
+            && std::fs::read_dir(dest)
+                .map_err(|e| Error::io(dest, e))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::format(dest, "output folder exists and is not empty"));
+        }
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::invalid("output folder", format!("{} has no folder name", dest.display())))?;
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let path = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(StagedDir {
+            path,
+            dest: dest.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        if self.dest.exists() {
+            std::fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        std::fs::rename(&self.path, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

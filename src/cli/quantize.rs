@@ -69,9 +69,8 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
         "gemv" => biomistral::quantize::awq::AwqVersion::Gemv,
         other => bail!("invalid --version '{other}' (gemm or gemv)"),
     };
-    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
-        bail!("{}: output folder exists and is not empty", args.out.display());
-    }
+    // Staged before the (long) quantization so a bad --out fails at once.
+    let staged = biomistral::fsutil::StagedDir::new(&args.out)?;
     let cfg_path = args.model.join("config.json");
     let cfg = ModelConfig::from_json_file(&cfg_path)?;
     let base_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
@@ -130,10 +129,8 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
         version,
         ..Default::default()
     };
-    let tmp = args.out.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    out.write(&tmp, &qcfg, &base_config)?;
+    let tmp = &staged.path;
+    out.write(tmp, &qcfg, &base_config)?;
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -144,9 +141,6 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
             std::fs::copy(args.model.join(f), tmp.join(f))?;
         }
     }
-    if args.out.exists() {
-        std::fs::remove_dir(&args.out)?;
-    }
-    std::fs::rename(&tmp, &args.out)?;
+    staged.commit()?;
     Ok(())
 }

@@ -127,9 +127,15 @@ pub fn run_merge(opts: &MergeOptions) -> Result<MergeReport> {
             format!("{} exists and is not empty", out.display()),
         ));
     }
-    let staging = Staging::create(out)?;
+    let staging = crate::fsutil::StagedDir::new(out)?;
     write_all(&plan, &yaml, opts, seed, &staging.path)?;
-    report.files = staging.commit(out)?;
+    staging.commit()?;
+    let mut files: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    files.sort();
+    report.files = files;
     Ok(report)
 }
 
@@ -243,52 +249,4 @@ fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-/// A hidden sibling folder (`.NAME.partial-PID`) that is removed unless committed.
-struct Staging {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn create(out: &Path) -> Result<Staging> {
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::invalid("--out", format!("{} has no folder name", out.display())))?;
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let path = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        }
-        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Staging { path, committed: false })
-    }
-
-    fn commit(mut self, out: &Path) -> Result<Vec<String>> {
-        if out.exists() {
-            // Checked empty before the merge started.
-            std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-        }
-        std::fs::rename(&self.path, out).map_err(|e| Error::io(out, e))?;
-        self.committed = true;
-        let mut files: Vec<String> = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        files.sort();
-        Ok(files)
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }

@@ -48,50 +48,6 @@ fn progress_bar(n: u64, what: &str, show: bool) -> indicatif::ProgressBar {
     b
 }
 
-/// A folder written under a temporary name and renamed into place when complete.
-struct StagedDir {
-    tmp: PathBuf,
-    dest: PathBuf,
-    done: bool,
-}
-
-impl StagedDir {
-    fn new(dest: &Path) -> Result<Self> {
-        if dest.exists()
-            && std::fs::read_dir(dest)
-                .map_err(|e| Error::io(dest, e))?
-                .next()
-                .is_some()
-        {
-            return Err(Error::format(dest, "output folder exists and is not empty"));
-        }
-        let tmp = fsutil::temp_path(dest);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(StagedDir {
-            tmp,
-            dest: dest.to_path_buf(),
-            done: false,
-        })
-    }
-    fn commit(mut self) -> Result<()> {
-        if self.dest.exists() {
-            std::fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagedDir {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
-
 pub struct GgufToHfOptions {
     pub dtype: DType,
     /// Maximum bytes per safetensors shard.
@@ -146,7 +102,7 @@ pub fn gguf_to_hf(src: &Path, out: &Path, opts: &GgufToHfOptions) -> Result<()> 
             None => tracing::warn!("skipping GGUF tensor '{}' (no Hugging Face equivalent)", t.name),
         }
     }
-    let staged = StagedDir::new(out)?;
+    let staged = fsutil::StagedDir::new(out)?;
     let shards = split_shards(planned, opts.shard_size);
     let n_shards = shards.len();
     let bar = progress_bar(store.file.tensors.len() as u64, "converting", opts.progress);
@@ -157,7 +113,7 @@ pub fn gguf_to_hf(src: &Path, out: &Path, opts: &GgufToHfOptions) -> Result<()> 
         } else {
             format!("model-{:05}-of-{:05}.safetensors", si + 1, n_shards)
         };
-        let path = staged.tmp.join(&fname);
+        let path = staged.path.join(&fname);
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         safetensors_writer::write(&path, shard, &meta, |i, w| {
             let name = &shard[i].name;
@@ -178,9 +134,9 @@ pub fn gguf_to_hf(src: &Path, out: &Path, opts: &GgufToHfOptions) -> Result<()> 
     if n_shards > 1 {
         let total: usize = shards.iter().flatten().map(|t| t.n_bytes).sum();
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_json(&staged.tmp.join("model.safetensors.index.json"), &index)?;
+        write_json(&staged.path.join("model.safetensors.index.json"), &index)?;
     }
-    write_json(&staged.tmp.join("config.json"), &cfg.to_hf_json(torch_dtype))?;
+    write_json(&staged.path.join("config.json"), &cfg.to_hf_json(torch_dtype))?;
     let mut gen = serde_json::json!({"do_sample": false});
     if let Some(b) = cfg.bos_token_id {
         gen["bos_token_id"] = b.into();
@@ -188,8 +144,8 @@ pub fn gguf_to_hf(src: &Path, out: &Path, opts: &GgufToHfOptions) -> Result<()> 
     if let Some(e) = cfg.eos_token_ids.first() {
         gen["eos_token_id"] = (*e).into();
     }
-    write_json(&staged.tmp.join("generation_config.json"), &gen)?;
-    fsutil::write_bytes_atomic(&staged.tmp.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
+    write_json(&staged.path.join("generation_config.json"), &gen)?;
+    fsutil::write_bytes_atomic(&staged.path.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
     let mut tc = serde_json::json!({
         "bos_token": tokenizer.bos_token.clone().or_else(|| cfg.bos_token_id.and_then(|i| tokenizer.id_to_token(i))),
         "eos_token": tokenizer.eos_token.clone().or_else(|| cfg.eos_token_ids.first().and_then(|&i| tokenizer.id_to_token(i))),
@@ -201,7 +157,7 @@ pub fn gguf_to_hf(src: &Path, out: &Path, opts: &GgufToHfOptions) -> Result<()> 
     if let Some(t) = chat_template {
         tc["chat_template"] = t.into();
     }
-    write_json(&staged.tmp.join("tokenizer_config.json"), &tc)?;
+    write_json(&staged.path.join("tokenizer_config.json"), &tc)?;
     staged.commit()
 }
 
