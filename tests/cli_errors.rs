@@ -145,9 +145,16 @@ fn corrupt_gguf() {
     // Not a GGUF at all.
     std::fs::write(&bad, b"hello world, this is not a model").unwrap();
     fails_with(&["inspect", s(&bad)], &["bad.gguf", "magic"]);
-    // Unknown tensor type id in the first tensor's info.
+    // Unknown tensor type id: patch the first tensor's type field (just before its offset).
     let g = biomistral::source::gguf::GgufFile::open(&gguf).unwrap();
-    assert!(!g.tensors.is_empty());
+    let name = g.tensors[0].name.clone();
+    drop(g);
+    let pos = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+    let type_at = pos + name.len() + 4 + 8 * 2; // rank u32 + two u64 dims
+    let mut b = bytes.clone();
+    b[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&bad, &b).unwrap();
+    fails_with(&["inspect", s(&bad)], &["bad.gguf", "GGML type 99"]);
 }
 
 #[test]
