@@ -244,3 +244,116 @@ fn awq_beats_rtn_on_fixture_perplexity() {
     assert!(a > base * 0.98, "AWQ {a} implausibly below the unquantized {base}");
     std::fs::remove_dir_all(&work).ok();
 }
+
+/// `--quant` at load and the quantization table: each format's weights shrink as its bits say,
+/// and its perplexity stays near the unquantized model's in the order the formats' precision
+/// predicts (8-bit formats within 1%, 4-bit ones further but bounded).
+#[test]
+fn quant_table_covers_load_time_formats_with_sizes_and_perplexity() {
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let work = common::scratch().join(format!("quant-table-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let jsonl = work.join("docs.jsonl");
+    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..4]
+        .iter()
+        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let prefix = work.join("table");
+    let (o, _) = run(&[
+        "bench",
+        "--quant-table",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--formats",
+        "base,int8,nf4,fp4,q8_0,q4_k",
+        "--pp",
+        "16",
+        "--tg",
+        "4",
+        "--reps",
+        "1",
+        "--ppl-file",
+        jsonl.to_str().unwrap(),
+        "--ppl-docs",
+        "4",
+        "--json",
+        "--table-out",
+        prefix.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let get = |label: &str, k: &str| {
+        rows.iter().find(|r| r["label"] == label).unwrap()[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{label}.{k} missing"))
+    };
+    // The same documents through the perplexity command give the base row's figure.
+    let (po, _) = run(&[
+        "perplexity",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--jsonl",
+        jsonl.to_str().unwrap(),
+        "--json",
+    ]);
+    let base_ppl = serde_json::from_str::<serde_json::Value>(&po).unwrap()["ppl"]
+        .as_f64()
+        .unwrap();
+    assert!((get("base", "ppl") - base_ppl).abs() < 1e-6 * base_ppl);
+    for (q, tol) in [
+        ("int8", 0.01),
+        ("q8_0", 0.01),
+        ("q4_k", 0.15),
+        ("nf4", 0.4),
+        ("fp4", 0.6),
+    ] {
+        let p = get(q, "ppl");
+        eprintln!(
+            "{q}: perplexity {p:.3} (base {base_ppl:.3}), weights {} bytes",
+            get(q, "weight_bytes")
+        );
+        assert!(
+            p > base_ppl * 0.99 && p < base_ppl * (1.0 + tol),
+            "{q}: {p} vs {base_ppl}"
+        );
+    }
+    // Weights held: f32 base; int8 about a quarter of the projections; 4-bit formats less again.
+    let w = |q| get(q, "weight_bytes");
+    assert!(w("int8") < w("base") * 0.5 && w("nf4") < w("int8") && w("q4_k") < w("q8_0"));
+    let md = std::fs::read_to_string(prefix.with_extension("md")).unwrap();
+    assert!(md.lines().count() == 2 + 6 && md.contains("| nf4 |"), "{md}");
+    assert!(prefix.with_extension("json").is_file());
+    std::fs::remove_dir_all(&work).ok();
+}
+
+#[test]
+fn quant_at_load_refuses_an_already_quantized_checkpoint_by_tensor_name() {
+    let Some(gguf) = common::fixture_gguf() else { return };
+    let out = Command::new(common::bin())
+        .args([
+            "perplexity",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--quant",
+            "int8",
+            "--file",
+        ])
+        .arg(common::fixtures().join("hf-reference/prompts.json"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight")
+            && e.contains("already quantized")
+            && !e.contains("panicked"),
+        "{e}"
+    );
+}

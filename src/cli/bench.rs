@@ -4,7 +4,11 @@ use biomistral::model::{ForwardOpts, Logits};
 use candle_core::Tensor;
 use clap::Args;
 use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// Tokens each held-out document is cut to (as the perplexity reference does).
+const PPL_MAX_TOKENS: usize = 512;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -22,6 +26,26 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also report perplexity on held-out documents from this file (PubTator, text, JSONL, XML).
+    #[arg(long)]
+    pub ppl_file: Option<PathBuf>,
+    /// Documents of --ppl-file scored (the first N), each truncated to 512 tokens.
+    #[arg(long, default_value_t = 20)]
+    pub ppl_docs: usize,
+    /// Build the quantization table: one run per format in --formats (plus --extra models),
+    /// each in its own process so peak memory is per format; markdown on stdout.
+    #[arg(long)]
+    pub quant_table: bool,
+    /// Formats for --quant-table: `base` (the model as stored) and any --quant value.
+    #[arg(long, value_delimiter = ',', default_value = "base,int8,nf4,fp4,q8_0,q4_0,q4_k")]
+    pub formats: Vec<String>,
+    /// Extra rows for --quant-table, LABEL=MODEL (e.g. awq=./BioMistral-7B-AWQ): checkpoints
+    /// quantized ahead of time.
+    #[arg(long)]
+    pub extra: Vec<String>,
+    /// With --quant-table, also write PREFIX.md and PREFIX.json.
+    #[arg(long)]
+    pub table_out: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -41,8 +65,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.reps == 0 {
         anyhow::bail!("invalid --reps: 0");
     }
+    if args.quant_table {
+        return super::bench_quant_table::run(&args);
+    }
+    // Read the held-out text before loading, so a bad file fails fast.
+    let ppl_docs = match &args.ppl_file {
+        Some(f) => {
+            let docs = biomistral::train::data::read_documents(f)?;
+            if docs.is_empty() {
+                anyhow::bail!("{}: no documents for perplexity", f.display());
+            }
+            docs.into_iter().take(args.ppl_docs.max(1)).collect()
+        }
+        None => vec![],
+    };
     let t0 = Instant::now();
-    let m = args.model.load()?;
+    let src = args.model.open()?;
+    let disk_bytes: u64 = src
+        .weights
+        .files()
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let m = args.model.load_source(src)?;
     let load_s = t0.elapsed().as_secs_f64();
     let model = &m.model;
     let vocab = model.cfg.vocab_size as u32;
@@ -78,6 +124,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let ppl = if ppl_docs.is_empty() {
+        None
+    } else {
+        let ids: Vec<Vec<u32>> = ppl_docs
+            .iter()
+            .map(|d| m.tokenizer.encode(d, true))
+            .collect::<Result<_, _>>()?;
+        Some(biomistral::scoring::perplexity_docs(model, &ids, PPL_MAX_TOKENS, || {})?.ppl)
+    };
     let threads = rayon::current_num_threads();
     let pp_tps = if args.pp > 0 {
         args.pp as f64 / median(pp_times.clone())
@@ -91,6 +146,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let v = serde_json::json!({
         "model": args.model.model,
+        "quant": args.model.quant,
         "dtype": format!("{:?}", model.dtype).to_lowercase(),
         "threads": threads,
         "pp": args.pp, "tg": args.tg, "reps": args.reps,
@@ -98,6 +154,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "pp_s": pp_times, "tg_s": tg_times,
         "load_s": load_s,
         "peak_rss_bytes": peak_rss_bytes(),
+        "weight_bytes": model.weight_bytes(),
+        "disk_bytes": disk_bytes,
+        "ppl": ppl,
+        "ppl_docs": ppl_docs.len(),
         "params": model.cfg.n_params(),
     });
     if args.json {
@@ -118,9 +178,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         println!(
-            "\npeak RSS {:.1} MiB, load {load_s:.2} s",
-            peak_rss_bytes() as f64 / (1 << 20) as f64
+            "\npeak RSS {:.1} MiB, weights {:.1} MiB, load {load_s:.2} s",
+            peak_rss_bytes() as f64 / (1 << 20) as f64,
+            model.weight_bytes() as f64 / (1 << 20) as f64
         );
+        if let Some(p) = ppl {
+            println!("perplexity {p:.4} on {} documents", ppl_docs.len());
+        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Options shared by every command that loads a model.
 use anyhow::Context;
+use biomistral::quantize::LoadQuant;
 use biomistral::source::{self, LoadOptions, LoadedModel, ModelSource};
 use clap::Args;
 
@@ -20,6 +21,11 @@ pub struct ModelArgs {
     /// A PEFT LoRA adapter folder to apply on top of the model.
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
+    /// Quantize the decoder's projection weights while loading a float checkpoint:
+    /// int8 (LLM.int8), nf4, fp4 (bitsandbytes, block 64), or a GGUF type (q8_0, q4_0, q4_1,
+    /// q5_0, q5_1, q4_k, q5_k, q6_k).
+    #[arg(long)]
+    pub quant: Option<String>,
 }
 
 impl ModelArgs {
@@ -29,11 +35,16 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        let src = self.open()?;
+        self.load_source(self.open()?)
+    }
+
+    /// Load an already opened source with these options (dtype, device, quant, adapter).
+    pub fn load_source(&self, src: ModelSource) -> anyhow::Result<LoadedModel> {
         let opts = LoadOptions {
             dtype: source::parse_dtype(&self.dtype)?,
             device: source::parse_device(&self.device)?,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            quant: self.quant.as_deref().map(LoadQuant::parse).transpose()?,
         };
         let mut m = src
             .load(&opts)

@@ -52,7 +52,7 @@ pub struct EvalArgs {
     /// Weights dtype for the local engine (f32, f16, bf16).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Quantization for the local engine (e.g. q4_0, q8_0, awq, nf4).
+    /// Quantize the local engine's weights at load (int8, nf4, fp4, q8_0, q4_0, q4_k, ...).
     #[arg(long)]
     pub quant: Option<String>,
     /// LoRA adapter folder for the local engine.
@@ -108,10 +108,8 @@ pub fn open_backend(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
         device: args.device.clone(),
         threads: None,
         adapter: args.adapter.clone(),
+        quant: args.quant.clone(),
     };
-    if let Some(q) = &args.quant {
-        bail!("--quant {q}: load-time quantization is not available for eval in this build");
-    }
     let m = margs.load()?;
     Ok(Box::new(biomistral::eval::engine::EngineBackend::new(m, model)))
 }

@@ -23,6 +23,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         device: "cpu".into(),
         threads: None,
         adapter: None,
+        quant: None,
     };
     let src = margs.open()?;
     let sums = src.weights.summaries();

@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_quant_table;
 mod chat;
 mod common;
 mod convert;

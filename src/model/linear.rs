@@ -236,6 +236,21 @@ impl Linear {
         (d[0], d[1])
     }
 
+    /// Bytes held in memory: the base weight in its format plus the adapter.
+    pub fn storage_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let base = match &self.kind {
+            LinearKind::Dense(w) => t(w),
+            LinearKind::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            LinearKind::Quant(QMatMul::Tensor(w)) | LinearKind::Quant(QMatMul::TensorF16(w)) => t(w),
+            LinearKind::Custom(c) => c.storage_bytes(),
+        };
+        base + self
+            .lora
+            .as_ref()
+            .map_or(0, |l| t(l.a.as_tensor()) + t(l.b.as_tensor()))
+    }
+
     /// The base weight as a dense `[out, in]` tensor of `dtype` (adapter not included).
     pub fn base_dense(&self, dtype: DType) -> Result<Tensor> {
         Ok(match &self.kind {

@@ -303,6 +303,32 @@ impl Model {
         matches!(&self.lm_head.kind, LinearKind::Dense(w) if w.id() == self.embed_tokens.id())
     }
 
+    /// Bytes the weights take in memory, in whatever format each is held (adapters included; a
+    /// tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut n = t(&self.embed_tokens) + t(&self.norm.weight);
+        for l in &self.layers {
+            n += t(&l.input_layernorm.weight) + t(&l.post_attention_layernorm.weight);
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for p in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                n += p.storage_bytes();
+            }
+        }
+        if !self.lm_head_tied() {
+            n += self.lm_head.storage_bytes();
+        }
+        n
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }

@@ -302,6 +302,9 @@ impl AwqLinear {
 }
 
 impl QuantLinear for AwqLinear {
+    fn storage_bytes(&self) -> usize {
+        self.packed.len() * 4 + self.zeros.len() + self.scales.len() * 2 + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
     fn dequantize_weight(&self) -> Vec<f32> {
         AwqLinear::dequantize(self)
     }

@@ -241,6 +241,13 @@ impl Int8Linear {
 }
 
 impl QuantLinear for Int8Linear {
+    fn storage_bytes(&self) -> usize {
+        self.codes.len()
+            + self.row_scale.len() * 4
+            + self.outlier_cols.len() * 8
+            + self.outlier_w.len() * 4
+            + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
     fn dequantize_weight(&self) -> Vec<f32> {
         Int8Linear::dequantize(self)
     }
@@ -537,6 +544,9 @@ impl Bnb4Linear {
 }
 
 impl QuantLinear for Bnb4Linear {
+    fn storage_bytes(&self) -> usize {
+        self.packed.len() + self.absmax.len() * 4 + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
     fn dequantize_weight(&self) -> Vec<f32> {
         Bnb4Linear::dequantize(self)
     }

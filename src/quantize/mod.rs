@@ -12,7 +12,9 @@
 //!   closure and wired to the engine's decoder ([`awq_model::awq_quantize_model`]).
 //! * [`bnb`]: LLM.int8() ([`Int8Linear`]) and NF4/FP4 ([`Bnb4Linear`]); [`bnb_ckpt`] loads and
 //!   writes them in transformers' bitsandbytes serialization.
+//! * [`at_load`]: `--quant int8|nf4|fp4|q8_0|q4_k|…` applied to a float checkpoint as it loads.
 //! * [`gguf_quant`]: per-tensor GGUF block encoding ([`quantize_for_gguf`]).
+pub mod at_load;
 pub mod awq;
 pub mod awq_linear;
 pub mod awq_model;
@@ -26,6 +28,7 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+pub use at_load::LoadQuant;
 pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
 pub use awq_linear::AwqLinear;
 pub use bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
@@ -42,6 +45,8 @@ pub trait QuantLinear: Send + Sync + std::fmt::Debug {
     fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>>;
     /// The weight as dense `[out, in]` f32 values (for merging adapters, training, conversion).
     fn dequantize_weight(&self) -> Vec<f32>;
+    /// Bytes the layer holds in memory (codes, scales, zeros, outliers, bias).
+    fn storage_bytes(&self) -> usize;
 
     /// candle entry point: `x` [..., in] of any float dtype → [..., out] in x's dtype (CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -55,6 +55,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Show a progress bar while loading.
     pub progress: bool,
+    /// Quantize the projection weights as they load (`--quant`).
+    pub quant: Option<crate::quantize::LoadQuant>,
 }
 
 impl Default for LoadOptions {
@@ -63,6 +65,7 @@ impl Default for LoadOptions {
             dtype: None,
             device: Device::Cpu,
             progress: false,
+            quant: None,
         }
     }
 }
@@ -218,7 +221,13 @@ impl ModelSource {
         }
     }
 
-    pub fn load(self, opts: &LoadOptions) -> Result<LoadedModel> {
+    pub fn load(mut self, opts: &LoadOptions) -> Result<LoadedModel> {
+        if let Some(quant) = opts.quant {
+            self.weights = Box::new(crate::quantize::at_load::QuantizingStore {
+                inner: self.weights,
+                quant,
+            });
+        }
         let dtype = opts.dtype.unwrap_or_else(|| self.default_dtype());
         let n = 3 + 9 * self.config.num_hidden_layers as u64;
         let bar = if opts.progress {
