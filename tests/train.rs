@@ -166,6 +166,73 @@ fn gradients_match_finite_differences_full_and_lora() {
     check_grads(&m, &pick, &batch);
 }
 
+/// LoRA on a quantized base (QLoRA): every adapter's gradient, layer 0's included (which needs
+/// the gradient to flow back through the later quantized projections), equals the gradient of
+/// the same adapters on a dense model holding the dequantized weights.
+#[test]
+fn lora_gradients_flow_through_quantized_bases() {
+    let dir = tmp("qlora-grad");
+    let mdir = tiny_model_dir(&dir, 5);
+    let batch = fixed_batch();
+    for quant in ["nf4", "q8_0", "int8"] {
+        let opts = LoadOptions {
+            dtype: Some(DType::F32),
+            quant: Some(biomistral::quantize::LoadQuant::parse(quant).unwrap()),
+            ..Default::default()
+        };
+        let mut q = load(mdir.to_str().unwrap(), &opts).unwrap().model;
+        let mut d = load_as(&mdir, DType::F32).model;
+        let dense: Vec<Tensor> = q
+            .projections_mut()
+            .into_iter()
+            .map(|(_, l)| {
+                assert!(
+                    !matches!(l.kind, biomistral::model::linear::LinearKind::Dense(_)),
+                    "{quant} left a projection dense"
+                );
+                l.base_dense(DType::F32).unwrap()
+            })
+            .collect();
+        for ((_, l), w) in d.projections_mut().into_iter().zip(dense) {
+            l.kind = biomistral::model::linear::LinearKind::Dense(w);
+        }
+        let (qp, _) = prepare(&mut q, &Mode::Lora(lora_cfg(4, 0.0)), 1).unwrap();
+        randomize_b(&mut q);
+        let (dp, _) = prepare(&mut d, &Mode::Lora(lora_cfg(4, 0.0)), 1).unwrap();
+        for (a, b) in qp.iter().zip(&dp) {
+            assert_eq!(a.name, b.name);
+            b.var.set(a.var.as_tensor()).unwrap();
+        }
+        let grads = |m: &Model, ps: &[Param]| -> Vec<Vec<f32>> {
+            let refs: Vec<&Example> = batch.iter().collect();
+            let (loss, _) = batch_loss(m, &refs, 1.0, true).unwrap();
+            let g = loss.backward().unwrap();
+            ps.iter()
+                .map(|p| {
+                    g.get(p.var.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let (gq, gd) = (grads(&q, &qp), grads(&d, &dp));
+        for ((p, a), b) in qp.iter().zip(&gq).zip(&gd) {
+            let norm = b.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+            // int8 and q8_0 also quantize the activations in the forward pass.
+            let tol = if quant == "nf4" { 1e-3 } else { 5e-2 };
+            assert!(
+                norm > 0.0 && diff <= tol * norm,
+                "{quant} {}: |diff| {diff} vs |grad| {norm}",
+                p.name
+            );
+        }
+    }
+}
+
 // ---------- one step against the PyTorch reference ----------
 
 const REF_LR: f64 = 1e-3;

@@ -177,6 +177,80 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x @ W^T` for a quantized base kind (no gradient).
+fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
+    match kind {
+        LinearKind::Dense(w) => dense_forward(x, w),
+        LinearKind::Custom(c) => c.forward(x),
+        LinearKind::Quant(q) => {
+            let dt = x.dtype();
+            let xf = if dt == DType::F32 {
+                x.contiguous()?
+            } else {
+                x.to_dtype(DType::F32)?
+            };
+            let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+            // Block-quantized kernels are matrix-vector products: fine for decoding, but for
+            // a prompt of many rows a dense GEMM on the dequantized weight is several times
+            // faster, and dequantizing is cheap next to the GEMM itself.
+            let y = match q {
+                QMatMul::QTensor(qt) if rows >= PREFILL_DEQUANT_ROWS => {
+                    dense_forward(&xf, &qt.dequantize(&qt.device())?)?
+                }
+                _ => q.forward(&xf)?,
+            };
+            Ok(if dt == DType::F32 { y } else { y.to_dtype(dt)? })
+        }
+    }
+}
+
+/// `x @ W^T` for a frozen quantized `W` with the input gradient `grad @ W`. The weight is
+/// dequantized in the backward pass only, one projection at a time, so a LoRA run on a 4- or
+/// 8-bit base keeps the base's memory footprint (the QLoRA recipe).
+struct QuantBaseMatmul {
+    kind: LinearKind,
+}
+
+impl CustomOp1 for QuantBaseMatmul {
+    fn name(&self) -> &'static str {
+        "quant-base-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("quant-base-matmul needs a contiguous input".into()))?;
+        let CpuStorage::F32(v) = s else {
+            return Err(candle_core::Error::Msg("quant-base-matmul takes f32 input".into()));
+        };
+        let x = Tensor::from_slice(&v[start..end], l.shape(), &Device::Cpu)?;
+        let y = quant_forward(&self.kind, &x).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), y.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let lin = Linear {
+            kind: self.kind.clone(),
+            lora: None,
+        };
+        let w = lin
+            .base_dense(DType::F32)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(grad.to_dtype(DType::F32)?.matmul(&w)?))
+    }
+}
+
+fn quant_base_differentiable(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let x2 = x.reshape(((), k))?.to_dtype(DType::F32)?.contiguous()?;
+    let y = x2.apply_op1(QuantBaseMatmul { kind: kind.clone() })?;
+    let mut out = dims;
+    let n = out.len();
+    out[n - 1] = y.dims()[1];
+    Ok(y.reshape(out)?.to_dtype(x.dtype())?)
+}
+
 /// `x @ w^T`, through `FrozenMatmul` when gradients flow through `x` but `w` is not trained.
 fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let frozen_w = x.track_op()
@@ -265,30 +339,9 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.kind {
             LinearKind::Dense(w) => dense_forward(x, w)?,
-            LinearKind::Custom(c) => c.forward(x)?,
-            LinearKind::Quant(q) => {
-                let dt = x.dtype();
-                let xf = if dt == DType::F32 {
-                    x.contiguous()?
-                } else {
-                    x.to_dtype(DType::F32)?
-                };
-                let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-                // Block-quantized kernels are matrix-vector products: fine for decoding, but for
-                // a prompt of many rows a dense GEMM on the dequantized weight is several times
-                // faster, and dequantizing is cheap next to the GEMM itself.
-                let y = match q {
-                    QMatMul::QTensor(qt) if rows >= PREFILL_DEQUANT_ROWS => {
-                        dense_forward(&xf, &qt.dequantize(&qt.device())?)?
-                    }
-                    _ => q.forward(&xf)?,
-                };
-                if dt == DType::F32 {
-                    y
-                } else {
-                    y.to_dtype(dt)?
-                }
-            }
+            // Training an adapter on a quantized base (QLoRA): gradients must flow to `x`.
+            _ if x.track_op() => quant_base_differentiable(&self.kind, x)?,
+            kind => quant_forward(kind, x)?,
         };
         match &self.lora {
             Some(l) => Ok((&y + l.forward(x)?.to_dtype(y.dtype())?)?),

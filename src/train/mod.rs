@@ -14,8 +14,10 @@
 //! `train_log.jsonl`/`.csv`, `loss.svg`, `train_summary.json`, `checkpoints/step-N/` (with
 //! `--save-every`) and the adapter (PEFT layout) or the full model (Hugging Face layout).
 //!
-//! Training needs gradients through every projection, and candle's quantized matmul has none,
-//! so GGUF block weights are dequantized to the compute dtype when training starts.
+//! LoRA on a quantized base (GGUF blocks, AWQ, or `--quant int8|nf4|...` at load) keeps the base
+//! quantized, as QLoRA does: the input gradient of each frozen projection is computed from its
+//! weight dequantized in the backward pass only (`model::linear`). Full fine-tuning turns every
+//! weight into a dense variable.
 pub mod checkpoint;
 pub mod data;
 pub mod lora;

@@ -7,7 +7,7 @@ use super::lora::{self, LoraConfig};
 use super::optim::{clip_grads, lr_at, AdamW, AdamWConfig, Param};
 use super::plot;
 use crate::error::{Error, Result};
-use crate::model::linear::{LinearKind, LoraDropout};
+use crate::model::linear::LoraDropout;
 use crate::model::{ForwardOpts, Logits, Model};
 use candle_core::{DType, Tensor, Var, D};
 use rand::seq::SliceRandom;
@@ -87,7 +87,6 @@ pub fn prepare(model: &mut Model, mode: &Mode, seed: u64) -> Result<(Vec<Param>,
     match mode {
         Mode::Lora(cfg) => {
             cfg.validate()?;
-            densify(model)?;
             // An adapter already on the model (loaded with --adapter) is trained further.
             let existing = model
                 .projections_mut()
@@ -113,21 +112,6 @@ pub fn prepare(model: &mut Model, mode: &Mode, seed: u64) -> Result<(Vec<Param>,
             Ok((params, None))
         }
     }
-}
-
-/// Dequantize block-quantized projections and head: candle's quantized matmul has no backward
-/// pass, so gradients would silently stop there.
-fn densify(model: &mut Model) -> Result<()> {
-    let dt = model.dtype;
-    for (_, l) in model.projections_mut() {
-        if matches!(l.kind, LinearKind::Quant(_)) {
-            l.kind = LinearKind::Dense(l.base_dense(dt)?);
-        }
-    }
-    if matches!(model.lm_head.kind, LinearKind::Quant(_)) {
-        model.lm_head.kind = LinearKind::Dense(model.lm_head.base_dense(dt)?);
-    }
-    Ok(())
 }
 
 /// Mean cross-entropy of a batch's targets, summed and divided by `norm` (the number of
