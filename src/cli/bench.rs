@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Sequences decoded together in the tg test (as a server's batch); tg t/s counts all rows.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -62,8 +65,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.reps == 0 {
-        anyhow::bail!("invalid --reps: 0");
+    if args.reps == 0 || args.batch == 0 {
+        anyhow::bail!("invalid --reps or --batch: 0");
     }
     if args.quant_table {
         return super::bench_quant_table::run(&args);
@@ -111,13 +114,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if args.tg > 0 {
             let mut cache = model.new_cache();
-            let mut tok = rng.gen_range(3..vocab);
+            let mut toks: Vec<u32> = (0..args.batch).map(|_| rng.gen_range(3..vocab)).collect();
             let s = Instant::now();
             for _ in 0..args.tg {
-                let t = Tensor::new(&[tok], &dev)?.unsqueeze(0)?;
+                let t = Tensor::from_vec(toks.clone(), (args.batch, 1), &dev)?;
                 let l = model.forward(&t, &mut cache, Logits::Last, &ForwardOpts::default())?;
-                let v: Vec<f32> = l.squeeze(0)?.to_vec1()?;
-                tok = biomistral::generate::sampler::argmax(&v);
+                let rows: Vec<Vec<f32>> = l.to_vec2()?;
+                toks = rows.iter().map(|v| biomistral::generate::sampler::argmax(v)).collect();
             }
             if rep > 0 {
                 tg_times.push(s.elapsed().as_secs_f64());
@@ -140,7 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         f64::NAN
     };
     let tg_tps = if args.tg > 0 {
-        args.tg as f64 / median(tg_times.clone())
+        (args.tg * args.batch) as f64 / median(tg_times.clone())
     } else {
         f64::NAN
     };
@@ -149,7 +152,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "quant": args.model.quant,
         "dtype": format!("{:?}", model.dtype).to_lowercase(),
         "threads": threads,
-        "pp": args.pp, "tg": args.tg, "reps": args.reps,
+        "pp": args.pp, "tg": args.tg, "batch": args.batch, "reps": args.reps,
         "pp_tps": pp_tps, "tg_tps": tg_tps,
         "pp_s": pp_times, "tg_s": tg_times,
         "load_s": load_s,

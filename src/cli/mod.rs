@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_quant_table;
+mod bench_serve;
 mod chat;
 mod common;
 mod convert;
@@ -53,6 +54,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve an OpenAI-compatible API and a chat page over HTTP.
     Serve(serve::ServeArgs),
+    /// Load an OpenAI-compatible server with concurrent streams: aggregate t/s and TTFT.
+    BenchServe(bench_serve::BenchServeArgs),
     /// Quantize a model: AutoAWQ int4 (awq search or rtn) or GGUF block types.
     Quantize(quantize::QuantizeArgs),
     /// Write a random-weight model of a real shape.
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::InitRandom(a) => init_random::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::BenchServe(a) => bench_serve::run(a),
         Command::Eval(a) => eval::run(*a),
         Command::EvalReport(a) => eval_report::run(a),
         Command::TranslateBenchmark(a) => translate_benchmark::run(a),
