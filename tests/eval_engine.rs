@@ -17,6 +17,7 @@ fn engine_backend_reproduces_transformers_predictions() {
         dtype: Some(DType::F32),
         device: Device::Cpu,
         progress: false,
+        quant: None,
     };
     let mut be = EngineBackend::new(load(dir.to_str().unwrap(), &opts).unwrap(), "smollm2");
     // The letter after "(" is the reference's single-token letter: A=49 .. D=52.
@@ -121,4 +122,40 @@ fn eval_command_on_the_local_engine_writes_results() {
     }
     assert!(out.join("results.json").is_file() && out.join("report.md").is_file());
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// The backend's KV cache outlives calls: option log-probabilities computed on top of the
+/// cached context, and prompts reusing part of the previous one, equal fresh computations.
+#[test]
+fn cache_reuse_across_calls_gives_fresh_results() {
+    // Dense weights: a GGUF's quantized-activation kernels would differ with the chunk length.
+    let Some(dir) = common::hf_bf16_dir() else { return };
+    let opts = LoadOptions {
+        dtype: Some(DType::F32),
+        ..Default::default()
+    };
+    let fresh = || EngineBackend::new(load(dir.to_str().unwrap(), &opts).unwrap(), "smollm2");
+    let mut warm = fresh();
+    let ctx = warm.encode("Question: which organ makes insulin? Answer:").unwrap();
+    let options: Vec<Vec<u32>> = [" the pancreas", " the liver", " the pancreas and the gut"]
+        .iter()
+        .map(|o| warm.encode(o).unwrap())
+        .collect();
+    for o in &options {
+        let a = warm.continuation_logprobs(&ctx, o).unwrap();
+        let b = fresh().continuation_logprobs(&ctx, o).unwrap();
+        assert_eq!(a.len(), o.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+    }
+    let p1: Vec<u32> = ctx.iter().chain(&options[0]).copied().collect();
+    let p2: Vec<u32> = ctx.iter().chain(&options[1]).copied().collect();
+    let got = warm.last_logits(&[p1.clone()]).unwrap().remove(0);
+    let got2 = warm.last_logits(&[p2.clone(), ctx.clone()]).unwrap();
+    let want = fresh().last_logits(&[p1]).unwrap().remove(0);
+    let want2 = fresh().last_logits(&[p2]).unwrap().remove(0);
+    let want3 = fresh().last_logits(&[ctx]).unwrap().remove(0);
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3);
+    assert!(close(&got, &want) && close(&got2[0], &want2) && close(&got2[1], &want3));
 }

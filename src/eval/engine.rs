@@ -1,27 +1,66 @@
 //! [`Backend`] over the local inference engine (`source::LoadedModel`), so `eval` can score a model
 //! folder or GGUF file directly. One prompt at a time, reusing the KV cache of the prefix each prompt
-//! shares with the previous one (at least the instruction; with the same shots, the whole few-shot block).
+//! shares with the previous one (at least the instruction; with the same shots, the whole few-shot
+//! block; in the log-likelihood protocol, the context every option shares). The cache outlives a
+//! call, so prompts that share shots keep sharing across the harness's batch boundaries.
 use super::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{ForwardOpts, Logits};
+use crate::model::{ForwardOpts, KvCache, Logits};
 use crate::source::LoadedModel;
 use candle_core::{Device, Tensor, D};
 
 pub struct EngineBackend {
     m: LoadedModel,
     name: String,
+    cache: KvCache,
+    /// The tokens `cache` holds.
+    cached: Vec<u32>,
 }
 
 impl EngineBackend {
     pub fn new(m: LoadedModel, name: impl Into<String>) -> Self {
-        EngineBackend { m, name: name.into() }
+        let cache = m.model.new_cache();
+        EngineBackend {
+            m,
+            name: name.into(),
+            cache,
+            cached: Vec::new(),
+        }
     }
 
-    /// Logits `[T, V]` (or `[1, V]` with `Logits::Last`) for `ids` after what `cache` holds, on the CPU.
-    fn forward(&self, ids: &[u32], cache: &mut crate::model::KvCache, which: Logits) -> Result<Tensor> {
-        let t = Tensor::new(ids, &self.m.model.device)?.unsqueeze(0)?;
-        let out = self.m.model.forward(&t, cache, which, &ForwardOpts::default())?;
-        Ok(out.squeeze(0)?.to_device(&Device::Cpu)?)
+    /// Logits for `ids[from..]` (`Logits::All`: `[T - from, V]`; `Last`: `[1, V]`), computed on
+    /// top of the cached prefix `ids` shares with the previous call, never later than `from`.
+    fn extend(&mut self, ids: &[u32], from: usize, which: Logits) -> Result<Tensor> {
+        let keep = common_prefix(&self.cached, ids).min(from);
+        if let Err(e) = self.cache.truncate(keep) {
+            self.reset();
+            return Err(e);
+        }
+        self.cached.truncate(keep);
+        let t = Tensor::new(&ids[keep..], &self.m.model.device)?.unsqueeze(0)?;
+        let out = match self
+            .m
+            .model
+            .forward(&t, &mut self.cache, which.clone(), &ForwardOpts::default())
+        {
+            Ok(o) => o,
+            Err(e) => {
+                // A failed forward may leave the cache part-written.
+                self.reset();
+                return Err(e);
+            }
+        };
+        self.cached.extend_from_slice(&ids[keep..]);
+        let out = out.squeeze(0)?.to_device(&Device::Cpu)?;
+        Ok(match which {
+            Logits::All => out.narrow(0, from - keep, ids.len() - from)?,
+            _ => out,
+        })
+    }
+
+    fn reset(&mut self) {
+        self.cache = self.m.model.new_cache();
+        self.cached.clear();
     }
 }
 
@@ -43,20 +82,14 @@ impl Backend for EngineBackend {
     }
 
     fn last_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let mut cache = self.m.model.new_cache();
-        let mut cached: &[u32] = &[];
         let mut out = Vec::with_capacity(prompts.len());
         for p in prompts {
             if p.is_empty() {
                 return Err(Error::invalid("prompt", "empty token sequence"));
             }
-            // Keep the KV cache of the prefix shared with the previous prompt (the harness orders prompts so
-            // that those with the same shots are adjacent); at least one token is always run, for its logits.
-            let keep = common_prefix(cached, p).min(p.len() - 1);
-            cache.truncate(keep)?;
-            let logits = self.forward(&p[keep..], &mut cache, Logits::Last)?;
+            // At least the last token is always run, for its logits.
+            let logits = self.extend(p, p.len() - 1, Logits::Last)?;
             out.push(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?);
-            cached = p;
         }
         Ok(out)
     }
@@ -68,13 +101,16 @@ impl Backend for EngineBackend {
                 "empty: the first continuation token has nothing to condition on",
             ));
         }
+        if continuation.is_empty() {
+            return Ok(vec![]);
+        }
         let ids: Vec<u32> = context.iter().chain(continuation).copied().collect();
-        let mut cache = self.m.model.new_cache();
-        let logits = self
-            .forward(&ids, &mut cache, Logits::All)?
-            .to_dtype(candle_core::DType::F32)?;
         // Position t predicts token t + 1: the continuation is predicted from positions ctx-1 .. end-2.
-        let logp = candle_nn::ops::log_softmax(&logits.narrow(0, context.len() - 1, continuation.len())?, D::Minus1)?;
+        let from = context.len() - 1;
+        let logits = self
+            .extend(&ids[..ids.len() - 1], from, Logits::All)?
+            .to_dtype(candle_core::DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::new(continuation, &Device::Cpu)?.unsqueeze(1)?;
         Ok(logp.gather(&targets, 1)?.squeeze(1)?.to_vec1()?)
     }
