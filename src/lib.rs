@@ -6,6 +6,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod merge;
+pub mod kernels;
 pub mod model;
 pub mod quantize;
 pub mod scoring;
