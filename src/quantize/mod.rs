@@ -13,12 +13,15 @@
 //! * [`bnb`]: LLM.int8() ([`Int8Linear`]) and NF4/FP4 ([`Bnb4Linear`]); [`bnb_ckpt`] loads and
 //!   writes them in transformers' bitsandbytes serialization.
 //! * [`gguf_quant`]: per-tensor GGUF block encoding ([`quantize_for_gguf`]).
+//! * [`gguf_linear`]: GGUF Q8_0/Q4_0/Q4_1 weights with the kernels of [`crate::kernels`]
+//!   ([`GgufLinear`]); the model's `Linear` uses it for those types.
 pub mod awq;
 pub mod awq_linear;
 pub mod awq_model;
 pub mod awq_search;
 pub mod bnb;
 pub mod bnb_ckpt;
+pub mod gguf_linear;
 pub mod gguf_quant;
 pub mod rtn;
 
@@ -29,6 +32,7 @@ use rayon::prelude::*;
 pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
 pub use awq_linear::AwqLinear;
 pub use bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
+pub use gguf_linear::GgufLinear;
 pub use gguf_quant::quantize_for_gguf;
 pub use rtn::{pseudo_quantize, GroupQuant};
 

@@ -120,11 +120,11 @@ pub fn prepare(model: &mut Model, mode: &Mode, seed: u64) -> Result<(Vec<Param>,
 fn densify(model: &mut Model) -> Result<()> {
     let dt = model.dtype;
     for (_, l) in model.projections_mut() {
-        if matches!(l.kind, LinearKind::Quant(_)) {
+        if l.is_block_quant() {
             l.kind = LinearKind::Dense(l.base_dense(dt)?);
         }
     }
-    if matches!(model.lm_head.kind, LinearKind::Quant(_)) {
+    if model.lm_head.is_block_quant() {
         model.lm_head.kind = LinearKind::Dense(model.lm_head.base_dense(dt)?);
     }
     Ok(())

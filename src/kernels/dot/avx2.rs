@@ -1,9 +1,10 @@
-//! AVX2 kernels: `vpmaddubsw` (u8 x i8 -> pairs summed in i16) then `vpmaddwd` by ones (-> i32),
-//! one 256-bit vector per 32-weight block, scaled and summed in f32 with FMA.
+//! AVX2 kernels: `vpmaddubsw` (u8 x i8 -> pairs summed in i16) then `vpmaddwd` by ones (-> i32
+//! lanes of 4 products, matching the activation lanes), one 256-bit vector per 32-weight
+//! block, scaled by `d * xd_lane` and summed in f32 with FMA.
 //!
 //! `vpmaddubsw` saturates at 32767: Q4 codes (<= 15) x |q| <= 127 stay far below, and Q8_0
 //! uses `|c|` against `sign(q, c)`, at most 2 x 128 x 127 = 32512.
-use crate::kernels::act::ActRow;
+use crate::kernels::act::{ActRow, LANE};
 use crate::kernels::pack::{WRow, GROUP};
 use crate::kernels::QK;
 use std::arch::x86_64::*;
@@ -14,6 +15,15 @@ fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Lane scales of block `b` times the weight scale `d`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_scales(x: &ActRow<'_>, b: usize, d: f32) -> __m256 {
+    let xd = &x.d[b * (QK / LANE)..(b + 1) * (QK / LANE)];
+    // SAFETY: `xd` holds exactly 8 f32.
+    _mm256_mul_ps(unsafe { _mm256_loadu_ps(xd.as_ptr()) }, _mm256_set1_ps(d))
 }
 
 /// `u8 c x i8 q` summed in i32 lanes.
@@ -36,7 +46,7 @@ fn nibbles_128(c: __m128i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     let nb = w.scales.len();
-    assert!(w.codes.len() == nb * QK && x.q.len() == nb * QK && x.d.len() == nb);
+    assert!(w.codes.len() == nb * QK && x.q.len() == nb * QK && x.d.len() == nb * QK / LANE);
     let (cp, qp) = (w.codes.as_ptr(), x.q.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..nb {
@@ -48,7 +58,7 @@ pub unsafe fn dot_q8_0(w: WRow<'_>, x: ActRow<'_>) -> f32 {
             )
         };
         let p = dot_u8i8(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
-        let ds = _mm256_set1_ps(w.scales[b].to_f32() * x.d[b]);
+        let ds = lane_scales(&x, b, w.scales[b].to_f32());
         acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), ds, acc[b & 1]);
     }
     hsum_ps(_mm256_add_ps(acc[0], acc[1]))
@@ -61,7 +71,7 @@ pub unsafe fn dot_q8_0(w: WRow<'_>, x: ActRow<'_>) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     let nb = w.scales.len();
-    assert!(w.codes.len() == nb * 16 && x.q.len() == nb * QK && x.d.len() == nb && x.s.len() == nb);
+    assert!(w.codes.len() == nb * 16 && x.q.len() == nb * QK && x.d.len() == nb * QK / LANE && x.s.len() == nb);
     assert!(!MIN || w.mins.len() == nb);
     let whole = nb / GROUP * GROUP;
     let (cp, qp) = (w.codes.as_ptr(), x.q.as_ptr());
@@ -70,7 +80,7 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     let mut corr = 0f32;
     let mut add = |acc: &mut __m256, b: usize, p: __m256i| {
         let d = w.scales[b].to_f32();
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * x.d[b]), *acc);
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), lane_scales(&x, b, d), *acc);
         corr += if MIN { w.mins[b].to_f32() } else { -8.0 * d } * x.s[b];
     };
     for g in 0..whole / GROUP {

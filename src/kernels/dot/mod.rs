@@ -1,11 +1,12 @@
 //! Block dot products `w . x` of one packed weight row and one quantized activation row.
 //!
-//! Per block b, with integer codes `c` and activation codes `q` (scale `xd`, `xs = xd * sum(q)`):
-//! * Q8_0 (`w = c * d`): `d * xd * sum(c q)`;
-//! * Q4_0 (`w = (c - 8) * d`): `d * xd * sum(c q) - 8 * d * xs`;
-//! * Q4_1 (`w = c * d + m`): `d * xd * sum(c q) + m * xs`.
+//! Per block b, with integer codes `c`, activation codes `q` (scale `xd` per lane of 4) and the
+//! block's dequantized activation sum `xs = sum(xd * q)`:
+//! * Q8_0 (`w = c * d`): `d * sum_lanes(xd * sum(c q))`;
+//! * Q4_0 (`w = (c - 8) * d`): `d * sum_lanes(xd * sum(c q)) - 8 * d * xs`;
+//! * Q4_1 (`w = c * d + m`): `d * sum_lanes(xd * sum(c q)) + m * xs`.
 //!
-//! `sum(c q)` is exact in i32; the scale terms are f32. The SIMD kernels multiply unsigned
+//! Each lane's `sum(c q)` is exact in i32; the scale terms are f32. The SIMD kernels multiply unsigned
 //! codes by signed activations (`vpdpbusd` / `vpmaddubsw`): Q4 codes are already 0..=15, and
 //! AVX-512 flips Q8_0's sign bit (`c + 128`) and subtracts `128 * d * xs` like Q4_0's offset.
 //! The scale terms are summed in a different order per kernel, so results agree to f32
@@ -100,6 +101,7 @@ impl Kernel {
 mod tests {
     use super::*;
     use crate::kernels::pack::tests::{pack, random_qtensor};
+    use crate::kernels::act::LANE;
     use crate::kernels::{QuantActs, QK};
     use rand::{Rng, SeedableRng};
 
@@ -108,7 +110,7 @@ mod tests {
         let mut wf = vec![0f32; w.cols];
         w.dequantize_row(r, &mut wf);
         let a = x.row(xr);
-        (0..w.cols).map(|i| wf[i] as f64 * a.q[i] as f64 * a.d[i / QK] as f64).sum()
+        (0..w.cols).map(|i| wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).sum()
     }
 
     #[test]
@@ -134,7 +136,7 @@ mod tests {
                                 let mut wf = vec![0f32; cols];
                                 w.dequantize_row(r, &mut wf);
                                 let a = xa.row(xr);
-                                (0..cols).map(|i| (wf[i] as f64 * a.q[i] as f64 * a.d[i / QK] as f64).abs()).sum()
+                                (0..cols).map(|i| (wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).abs()).sum()
                             };
                             assert!(
                                 (got - want).abs() <= 1e-5 * scale + 1e-6,
