@@ -17,7 +17,9 @@ fn rows_per_task(w: &PackedMatrix) -> usize {
     let bytes_per_row = (w.bytes() / w.rows).max(1);
     let by_size = w.bytes().div_ceil(MIN_TASK_BYTES);
     let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).min(by_size).max(1);
-    w.rows.div_ceil(tasks).max(MIN_TASK_BYTES.div_ceil(bytes_per_row).min(w.rows))
+    w.rows
+        .div_ceil(tasks)
+        .max(MIN_TASK_BYTES.div_ceil(bytes_per_row).min(w.rows))
 }
 
 /// `y [n, rows] = x [n, cols] W^T` with `dot` from [`Kernel::dot_fn`] for `w.format`.

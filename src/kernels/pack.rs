@@ -104,7 +104,9 @@ impl PackedMatrix {
     /// Repack GGUF block bytes of a `[rows, cols]` matrix (`cols` a multiple of 32).
     pub fn from_gguf(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self, String> {
         if !cols.is_multiple_of(QK) || cols == 0 || rows == 0 {
-            return Err(format!("[{rows}, {cols}]: the row length must be a positive multiple of {QK}"));
+            return Err(format!(
+                "[{rows}, {cols}]: the row length must be a positive multiple of {QK}"
+            ));
         }
         let blocks = cols / QK;
         let bb = format.gguf_block_bytes();
@@ -237,7 +239,13 @@ pub(crate) mod tests {
             // 18 blocks: four whole groups and a tail of two; 1 block: tail only.
             for (rows, cols) in [(3, 576), (5, 32), (2, 256), (1, 160)] {
                 let q = random_qtensor(f, rows, cols, 7);
-                let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 let p = pack(&q);
                 let mut got = vec![0f32; rows * cols];
                 for (r, dst) in got.chunks_exact_mut(cols).enumerate() {

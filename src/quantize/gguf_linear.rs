@@ -118,7 +118,12 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn dense(q: &QTensor) -> Vec<f32> {
-        q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        q.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -162,7 +167,10 @@ mod tests {
                                     .sum();
                                 let tol = 1e-5 * mag + if n >= GEMM_MIN_ROWS { 0.0 } else { 1.001 * round };
                                 let got = y[r * out + o] as f64;
-                                assert!((got - want).abs() <= tol, "{f:?} {k:?} [{out},{inf}] n {n}: {got} vs {want}");
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{f:?} {k:?} [{out},{inf}] n {n}: {got} vs {want}"
+                                );
                             }
                         }
                     }

@@ -190,7 +190,11 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
         let d = w.scales[b].to_f32();
         // SAFETY: as above.
         total += unsafe { single(_mm256_dpbusd_epi32(_mm256_setzero_si256(), c, q), d, &x, b) };
-        total += if MIN { w.mins[b].to_f32() * x.s[b] } else { -8.0 * d * x.s[b] };
+        total += if MIN {
+            w.mins[b].to_f32() * x.s[b]
+        } else {
+            -8.0 * d * x.s[b]
+        };
     }
     total
 }

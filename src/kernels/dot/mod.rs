@@ -11,11 +11,11 @@
 //! AVX-512 flips Q8_0's sign bit (`c + 128`) and subtracts `128 * d * xs` like Q4_0's offset.
 //! The scale terms are summed in a different order per kernel, so results agree to f32
 //! rounding, not bit for bit.
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod scalar;
 
 use super::act::ActRow;
 use super::pack::{BlockFormat, WRow};
@@ -100,8 +100,8 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::pack::tests::{pack, random_qtensor};
     use crate::kernels::act::LANE;
+    use crate::kernels::pack::tests::{pack, random_qtensor};
     use crate::kernels::{QuantActs, QK};
     use rand::{Rng, SeedableRng};
 
@@ -110,7 +110,9 @@ mod tests {
         let mut wf = vec![0f32; w.cols];
         w.dequantize_row(r, &mut wf);
         let a = x.row(xr);
-        (0..w.cols).map(|i| wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).sum()
+        (0..w.cols)
+            .map(|i| wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64)
+            .sum()
     }
 
     #[test]
@@ -136,7 +138,9 @@ mod tests {
                                 let mut wf = vec![0f32; cols];
                                 w.dequantize_row(r, &mut wf);
                                 let a = xa.row(xr);
-                                (0..cols).map(|i| (wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).abs()).sum()
+                                (0..cols)
+                                    .map(|i| (wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).abs())
+                                    .sum()
                             };
                             assert!(
                                 (got - want).abs() <= 1e-5 * scale + 1e-6,

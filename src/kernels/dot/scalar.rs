@@ -36,7 +36,11 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     let mut block = |b: usize, isum: &[i32]| {
         let d = w.scales[b].to_f32();
         acc += d * scaled(&x.d[b * LANES..(b + 1) * LANES], isum);
-        acc += if MIN { w.mins[b].to_f32() * x.s[b] } else { -8.0 * d * x.s[b] };
+        acc += if MIN {
+            w.mins[b].to_f32() * x.s[b]
+        } else {
+            -8.0 * d * x.s[b]
+        };
     };
     // Whole groups: byte j of the group holds weights j (low) and 64 + j (high).
     for g in 0..whole / GROUP {
