@@ -151,7 +151,7 @@ fn cache_reuse_across_calls_gives_fresh_results() {
     }
     let p1: Vec<u32> = ctx.iter().chain(&options[0]).copied().collect();
     let p2: Vec<u32> = ctx.iter().chain(&options[1]).copied().collect();
-    let got = warm.last_logits(&[p1.clone()]).unwrap().remove(0);
+    let got = warm.last_logits(std::slice::from_ref(&p1)).unwrap().remove(0);
     let got2 = warm.last_logits(&[p2.clone(), ctx.clone()]).unwrap();
     let want = fresh().last_logits(&[p1]).unwrap().remove(0);
     let want2 = fresh().last_logits(&[p2]).unwrap().remove(0);

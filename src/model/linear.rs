@@ -2,7 +2,7 @@
 //! and never asks which format it holds. A LoRA adapter wraps whatever base kind is there, so
 //! new weight formats only add variants to `LinearKind`.
 use crate::error::Result;
-use crate::quantize::QuantLinear;
+use crate::quantize::{GgufLinear, QuantLinear};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -44,13 +44,21 @@ fn custom_dense(c: &dyn QuantLinear, dtype: DType) -> Result<Tensor> {
 /// From this many input rows on, quantized weights are dequantized for a dense GEMM.
 const PREFILL_DEQUANT_ROWS: usize = 16;
 
+/// Rows of `x` `[..., in]`.
+fn rows_of(x: &Tensor) -> usize {
+    x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1)
+}
+
 /// How the base weight is stored.
 #[derive(Clone, Debug)]
 pub enum LinearKind {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
-    /// GGUF blocks; candle quantizes the activations per block and uses integer dot products.
+    /// GGUF blocks of types without kernels of our own (K-quants, ...): candle's QMatMul.
     Quant(QMatMul),
+    /// GGUF Q8_0/Q4_0/Q4_1 blocks with our kernels (`crate::kernels`). Kept apart from
+    /// `Custom` because, like `Quant`, training densifies it and a tied head is recognised.
+    Gguf(Arc<GgufLinear>),
     /// Formats with kernels of their own (AWQ, bitsandbytes), see `crate::quantize`.
     Custom(Arc<dyn QuantLinear>),
 }
@@ -182,6 +190,12 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
     match kind {
         LinearKind::Dense(w) => dense_forward(x, w),
         LinearKind::Custom(c) => c.forward(x),
+        // Many rows: dequantize for a dense GEMM, as for `Quant` below.
+        LinearKind::Gguf(g) if rows_of(x) >= PREFILL_DEQUANT_ROWS => {
+            let y = dense_forward(&x.to_dtype(DType::F32)?, &g.dequantize_tensor()?)?;
+            Ok(y.to_dtype(x.dtype())?)
+        }
+        LinearKind::Gguf(g) => g.forward(x),
         LinearKind::Quant(q) => {
             let dt = x.dtype();
             let xf = if dt == DType::F32 {
@@ -189,7 +203,7 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
             } else {
                 x.to_dtype(DType::F32)?
             };
-            let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+            let rows = rows_of(x);
             // Block-quantized kernels are matrix-vector products: fine for decoding, but for
             // a prompt of many rows a dense GEMM on the dequantized weight is several times
             // faster, and dequantizing is cheap next to the GEMM itself.
@@ -277,6 +291,10 @@ impl Linear {
     pub fn new(w: Weight, dtype: DType) -> Result<Self> {
         Ok(match w {
             Weight::Dense(t) => Linear::dense(t.to_dtype(dtype)?),
+            Weight::Quant(q) if GgufLinear::supports(q.dtype()) => Linear {
+                kind: LinearKind::Gguf(Arc::new(GgufLinear::from_qtensor(&q)?)),
+                lora: None,
+            },
             Weight::Quant(q) => Linear {
                 kind: LinearKind::Quant(QMatMul::from_arc(q)?),
                 lora: None,
@@ -306,6 +324,7 @@ impl Linear {
             LinearKind::Quant(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
             LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.dims().to_vec(),
             LinearKind::Custom(c) => vec![c.out_features(), c.in_features()],
+            LinearKind::Gguf(g) => vec![g.out_features(), g.in_features()],
         };
         (d[0], d[1])
     }
@@ -318,6 +337,7 @@ impl Linear {
             LinearKind::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             LinearKind::Quant(QMatMul::Tensor(w)) | LinearKind::Quant(QMatMul::TensorF16(w)) => t(w),
             LinearKind::Custom(c) => c.storage_bytes(),
+            LinearKind::Gguf(g) => g.storage_bytes(),
         };
         base + self
             .lora
@@ -332,7 +352,14 @@ impl Linear {
             LinearKind::Quant(QMatMul::QTensor(q)) => q.dequantize(&q.device())?.to_dtype(dtype)?,
             LinearKind::Quant(QMatMul::Tensor(t)) | LinearKind::Quant(QMatMul::TensorF16(t)) => t.to_dtype(dtype)?,
             LinearKind::Custom(c) => custom_dense(c.as_ref(), dtype)?,
+            LinearKind::Gguf(g) => g.dequantize_tensor()?.to_dtype(dtype)?,
         })
+    }
+
+    /// Block-quantized GGUF weights (`Quant` or `Gguf`), as a GGUF file stores them (a tied
+    /// head is its own quantized copy of the embedding there).
+    pub fn is_block_quant(&self) -> bool {
+        matches!(self.kind, LinearKind::Quant(_) | LinearKind::Gguf(_))
     }
 
     /// `x @ W^T` (+ the adapter's low-rank term) for `x` of shape `[..., in]`.

@@ -274,8 +274,7 @@ impl Model {
     /// keeps sharing the (new) embedding tensor and is not visited separately.
     pub fn map_weights(&mut self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
         // A GGUF keeps a tied head as its own quantized copy of the embedding.
-        let tied =
-            self.lm_head_tied() || (self.cfg.tie_word_embeddings && matches!(self.lm_head.kind, LinearKind::Quant(_)));
+        let tied = self.lm_head_tied() || (self.cfg.tie_word_embeddings && self.lm_head.is_block_quant());
         self.embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
         let dtype = self.dtype;
         for (name, l) in self.projections_mut() {

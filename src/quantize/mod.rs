@@ -14,6 +14,8 @@
 //!   writes them in transformers' bitsandbytes serialization.
 //! * [`at_load`]: `--quant int8|nf4|fp4|q8_0|q4_k|…` applied to a float checkpoint as it loads.
 //! * [`gguf_quant`]: per-tensor GGUF block encoding ([`quantize_for_gguf`]).
+//! * [`gguf_linear`]: GGUF Q8_0/Q4_0/Q4_1 weights with the kernels of [`crate::kernels`]
+//!   ([`GgufLinear`]); the model's `Linear` uses it for those types.
 pub mod at_load;
 pub mod awq;
 pub mod awq_linear;
@@ -21,6 +23,7 @@ pub mod awq_model;
 pub mod awq_search;
 pub mod bnb;
 pub mod bnb_ckpt;
+pub mod gguf_linear;
 pub mod gguf_quant;
 pub mod rtn;
 
@@ -32,6 +35,7 @@ pub use at_load::LoadQuant;
 pub use awq::{load_awq_linear, write_awq_checkpoint, AwqConfig, AwqVersion};
 pub use awq_linear::AwqLinear;
 pub use bnb::{Bnb4Kind, Bnb4Linear, Int8Linear};
+pub use gguf_linear::GgufLinear;
 pub use gguf_quant::quantize_for_gguf;
 pub use rtn::{pseudo_quantize, GroupQuant};
 

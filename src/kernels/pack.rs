@@ -1,0 +1,281 @@
+//! GGUF Q8_0 / Q4_0 / Q4_1 blocks repacked into the layout the dot kernels stream.
+//!
+//! GGUF block bytes (little endian): Q8_0 = f16 d, 32 x i8; Q4_0 = f16 d, 16 bytes (byte j:
+//! low nibble weight j, high nibble weight j + 16), value `(q - 8) * d`; Q4_1 = f16 d, f16 m,
+//! 16 bytes as Q4_0, value `q * d + m`.
+//!
+//! Packed: per row, the codes of all blocks back to back (Q8_0: the 32 i8 as they are; Q4: 16
+//! bytes per block), and the scales (and Q4_1 minimums) in arrays of their own. Q4 blocks go in
+//! groups of [`GROUP`]: in a group's 64 bytes, byte j holds weight j of the group (128 weights)
+//! in its low nibble and weight 64 + j in its high nibble, so masking 64 loaded bytes gives two
+//! whole blocks of codes and shifting them the next two. Blocks after the last whole group keep
+//! the GGUF nibble order.
+use super::QK;
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+/// Q4 blocks interleaved per group.
+pub const GROUP: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl BlockFormat {
+    pub fn from_ggml(dt: GgmlDType) -> Option<Self> {
+        match dt {
+            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+            GgmlDType::Q4_0 => Some(BlockFormat::Q4_0),
+            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+            _ => None,
+        }
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            BlockFormat::Q8_0 => GgmlDType::Q8_0,
+            BlockFormat::Q4_0 => GgmlDType::Q4_0,
+            BlockFormat::Q4_1 => GgmlDType::Q4_1,
+        }
+    }
+
+    /// Bytes of one block in a GGUF file.
+    pub const fn gguf_block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => 34,
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+        }
+    }
+
+    /// Code bytes of one block in the packed layout.
+    pub const fn code_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => QK,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => QK / 2,
+        }
+    }
+}
+
+/// A `[rows, cols]` block-quantized matrix in the packed layout (see the module docs).
+#[derive(Clone)]
+pub struct PackedMatrix {
+    pub format: BlockFormat,
+    pub rows: usize,
+    pub cols: usize,
+    /// Blocks per row (`cols / 32`).
+    pub blocks: usize,
+    /// `[rows, blocks * code_bytes]`.
+    pub codes: Vec<u8>,
+    /// `[rows, blocks]`.
+    pub scales: Vec<f16>,
+    /// `[rows, blocks]` for Q4_1, empty otherwise.
+    pub mins: Vec<f16>,
+}
+
+/// One packed row, as the dot kernels take it.
+#[derive(Clone, Copy)]
+pub struct WRow<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f16],
+    /// Q4_1 only (empty otherwise).
+    pub mins: &'a [f16],
+}
+
+/// Where weight `i` of Q4 block `b` sits in a packed row of `blocks` blocks: (byte, shift).
+#[inline]
+pub fn q4_pos(blocks: usize, b: usize, i: usize) -> (usize, u32) {
+    if b < blocks / GROUP * GROUP {
+        let e = (b % GROUP) * QK + i;
+        ((b / GROUP) * GROUP * 16 + e % 64, 4 * (e / 64) as u32)
+    } else {
+        (b * 16 + i % 16, 4 * (i / 16) as u32)
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f16 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+impl PackedMatrix {
+    /// Repack GGUF block bytes of a `[rows, cols]` matrix (`cols` a multiple of 32).
+    pub fn from_gguf(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self, String> {
+        if !cols.is_multiple_of(QK) || cols == 0 || rows == 0 {
+            return Err(format!(
+                "[{rows}, {cols}]: the row length must be a positive multiple of {QK}"
+            ));
+        }
+        let blocks = cols / QK;
+        let bb = format.gguf_block_bytes();
+        if data.len() != rows * blocks * bb {
+            return Err(format!(
+                "{} bytes for [{rows}, {cols}] {format:?} (expected {})",
+                data.len(),
+                rows * blocks * bb
+            ));
+        }
+        let cb = format.code_bytes();
+        let mut m = PackedMatrix {
+            format,
+            rows,
+            cols,
+            blocks,
+            codes: vec![0u8; rows * blocks * cb],
+            scales: Vec::with_capacity(rows * blocks),
+            mins: Vec::with_capacity(if format == BlockFormat::Q4_1 { rows * blocks } else { 0 }),
+        };
+        for (r, row) in data.chunks_exact(blocks * bb).enumerate() {
+            let codes = &mut m.codes[r * blocks * cb..(r + 1) * blocks * cb];
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                m.scales.push(f16_at(blk, 0));
+                match format {
+                    BlockFormat::Q8_0 => codes[b * QK..(b + 1) * QK].copy_from_slice(&blk[2..]),
+                    BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                        let qs = if format == BlockFormat::Q4_1 {
+                            m.mins.push(f16_at(blk, 2));
+                            &blk[4..]
+                        } else {
+                            &blk[2..]
+                        };
+                        for i in 0..QK {
+                            let q = (qs[i % 16] >> (4 * (i / 16))) & 0xF;
+                            let (at, shift) = q4_pos(blocks, b, i);
+                            codes[at] |= q << shift;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn row(&self, r: usize) -> WRow<'_> {
+        let (nb, cb) = (self.blocks, self.format.code_bytes());
+        WRow {
+            codes: &self.codes[r * nb * cb..(r + 1) * nb * cb],
+            scales: &self.scales[r * nb..(r + 1) * nb],
+            mins: if self.mins.is_empty() {
+                &[]
+            } else {
+                &self.mins[r * nb..(r + 1) * nb]
+            },
+        }
+    }
+
+    /// Bytes held (codes, scales, minimums).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 2 * (self.scales.len() + self.mins.len())
+    }
+
+    /// The signed integer code of weight `i` of block `b` in row `w` (Q4 codes without their
+    /// offset, 0..=15).
+    #[inline]
+    pub fn code(&self, w: &WRow, b: usize, i: usize) -> i32 {
+        match self.format {
+            BlockFormat::Q8_0 => w.codes[b * QK + i] as i8 as i32,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let (at, shift) = q4_pos(self.blocks, b, i);
+                ((w.codes[at] >> shift) & 0xF) as i32
+            }
+        }
+    }
+
+    /// Row `r` as f32, computed exactly as candle's (and ggml's) dequantization.
+    pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
+        let w = self.row(r);
+        for (b, out) in dst[..self.cols].chunks_exact_mut(QK).enumerate() {
+            let d = w.scales[b].to_f32();
+            match self.format {
+                BlockFormat::Q8_0 => {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = self.code(&w, b, i) as f32 * d;
+                    }
+                }
+                BlockFormat::Q4_0 => {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = (self.code(&w, b, i) - 8) as f32 * d;
+                    }
+                }
+                BlockFormat::Q4_1 => {
+                    let m = w.mins[b].to_f32();
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = self.code(&w, b, i) as f32 * d + m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// A random `[rows, cols]` matrix quantized by candle, with its GGUF bytes.
+    pub(crate) fn random_qtensor(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> QTensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| rng.gen_range(-1.0f32..1.0) * if i % 7 == 0 { 3.0 } else { 1.0 } + 0.1)
+            .collect();
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, format.ggml()).unwrap()
+    }
+
+    pub(crate) fn pack(q: &QTensor) -> PackedMatrix {
+        let (rows, cols) = q.shape().dims2().unwrap();
+        let f = BlockFormat::from_ggml(q.dtype()).unwrap();
+        PackedMatrix::from_gguf(f, rows, cols, &q.data().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn dequantize_matches_candle_bit_for_bit() {
+        for f in [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1] {
+            // 18 blocks: four whole groups and a tail of two; 1 block: tail only.
+            for (rows, cols) in [(3, 576), (5, 32), (2, 256), (1, 160)] {
+                let q = random_qtensor(f, rows, cols, 7);
+                let want = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let p = pack(&q);
+                let mut got = vec![0f32; rows * cols];
+                for (r, dst) in got.chunks_exact_mut(cols).enumerate() {
+                    p.dequantize_row(r, dst);
+                }
+                let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{f:?} [{rows}, {cols}]");
+            }
+        }
+    }
+
+    #[test]
+    fn every_q4_code_has_its_own_nibble() {
+        for blocks in [1, 3, 4, 5, 9, 18] {
+            let mut seen = vec![0u8; blocks * 16];
+            for b in 0..blocks {
+                for i in 0..QK {
+                    let (at, shift) = q4_pos(blocks, b, i);
+                    assert_eq!(seen[at] & (0xF << shift), 0, "blocks {blocks} b {b} i {i}");
+                    seen[at] |= 0xF << shift;
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 0xFF));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes_and_sizes() {
+        assert!(PackedMatrix::from_gguf(BlockFormat::Q4_0, 2, 48, &[0; 36]).is_err());
+        assert!(PackedMatrix::from_gguf(BlockFormat::Q4_0, 2, 32, &[0; 35]).is_err());
+        assert!(PackedMatrix::from_gguf(BlockFormat::Q4_0, 2, 32, &[0; 36]).is_ok());
+    }
+}
