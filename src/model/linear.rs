@@ -43,6 +43,9 @@ fn custom_dense(c: &dyn QuantLinear, dtype: DType) -> Result<Tensor> {
 
 /// From this many input rows on, quantized weights are dequantized for a dense GEMM.
 const PREFILL_DEQUANT_ROWS: usize = 16;
+/// The same switch for our own GGUF kernels, which reuse each weight row for every input row:
+/// a server's decode batch (up to 32 sequences) stays on the integer kernels.
+const GGUF_DEQUANT_ROWS: usize = 48;
 
 /// Rows of `x` `[..., in]`.
 fn rows_of(x: &Tensor) -> usize {
@@ -191,7 +194,7 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
         LinearKind::Dense(w) => dense_forward(x, w),
         LinearKind::Custom(c) => c.forward(x),
         // Many rows: dequantize for a dense GEMM, as for `Quant` below.
-        LinearKind::Gguf(g) if rows_of(x) >= PREFILL_DEQUANT_ROWS => {
+        LinearKind::Gguf(g) if rows_of(x) >= GGUF_DEQUANT_ROWS => {
             let y = dense_forward(&x.to_dtype(DType::F32)?, &g.dequantize_tensor()?)?;
             Ok(y.to_dtype(x.dtype())?)
         }
