@@ -282,7 +282,16 @@ fn hf_to_gguf_round_trip_keeps_logits() {
     let want = last_logits(&hf, &ids);
     for (ty, tol) in [(GgmlDType::F32, 0.0f32), (GgmlDType::F16, 1e-2)] {
         let out = common::scratch().join(format!("rt-{}-{:?}.gguf", std::process::id(), ty));
-        hf_to_gguf(&dir, &out, &HfToGgufOptions { ty, progress: false }).unwrap();
+        hf_to_gguf(
+            &dir,
+            &out,
+            &HfToGgufOptions {
+                ty,
+                progress: false,
+                k_medium: false,
+            },
+        )
+        .unwrap();
         let g = load(
             out.to_str().unwrap(),
             &LoadOptions {

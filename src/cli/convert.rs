@@ -66,7 +66,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         gguf_to_hf(&args.model, &args.out, &opts)?;
     } else if args.model.is_dir() {
         let ty = parse_ggml_type(args.ty.as_deref().unwrap_or("f16"))?;
-        hf_to_gguf(&args.model, &args.out, &HfToGgufOptions { ty, progress })?;
+        let k_medium = biomistral::source::convert::is_k_medium(args.ty.as_deref().unwrap_or(""));
+        hf_to_gguf(&args.model, &args.out, &HfToGgufOptions { ty, progress, k_medium })?;
     } else {
         anyhow::bail!("{}: no such file or folder", args.model.display());
     }

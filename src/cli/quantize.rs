@@ -53,8 +53,10 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match args.method.as_str() {
         "gguf" => {
-            let ty = parse_ggml_type(args.ty.as_deref().context("--method gguf needs --type (e.g. q4_k_m)")?)?;
-            hf_to_gguf(&args.model, &args.out, &HfToGgufOptions { ty, progress })?;
+            let name = args.ty.as_deref().context("--method gguf needs --type (e.g. q4_k_m)")?;
+            let ty = parse_ggml_type(name)?;
+            let k_medium = biomistral::source::convert::is_k_medium(name);
+            hf_to_gguf(&args.model, &args.out, &HfToGgufOptions { ty, progress, k_medium })?;
         }
         "awq" | "rtn" => quantize_awq(&args)?,
         other => bail!("invalid --method '{other}' (awq, rtn or gguf)"),

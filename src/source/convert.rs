@@ -220,8 +220,8 @@ fn file_type(t: GgmlDType) -> u32 {
         GgmlDType::Q5_1 => 9,
         GgmlDType::Q2K => 10,
         GgmlDType::Q3K => 12,
-        GgmlDType::Q4K => 15,
-        GgmlDType::Q5K => 17,
+        GgmlDType::Q4K => 15, // MOSTLY_Q4_K_M (14 would be _S)
+        GgmlDType::Q5K => 17, // MOSTLY_Q5_K_M
         GgmlDType::Q6K => 18,
         GgmlDType::BF16 => 32,
         _ => 0,
@@ -229,17 +229,17 @@ fn file_type(t: GgmlDType) -> u32 {
 }
 
 /// Encode an f32 matrix `[rows, cols]` as GGUF `target` bytes. 1-D tensors stay F32 (llama.cpp
-/// requires it for norms); rows that the block size does not divide fall back to Q8_0 or F16.
+/// requires it for norms); rows that the block size does not divide fall back as llama.cpp does (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0), or to F16.
 pub fn encode_tensor(name: &str, t: &Tensor, target: GgmlDType) -> Result<(GgmlDType, Vec<u8>)> {
     let t = t.to_dtype(DType::F32)?;
     let dims = t.dims().to_vec();
     let cols = *dims.last().unwrap_or(&0);
     let mut ty = if dims.len() < 2 { GgmlDType::F32 } else { target };
     if cols % ty.block_size() != 0 {
-        ty = if cols % 32 == 0 {
-            GgmlDType::Q8_0
-        } else {
-            GgmlDType::F16
+        // llama.cpp's fallbacks (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), F16 where no block fits.
+        ty = match crate::quantize::at_load::gguf_type_for_row(ty, cols) {
+            GgmlDType::F32 => GgmlDType::F16,
+            fallback => fallback,
         };
         if matches!(target, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             ty = target;
@@ -266,6 +266,44 @@ pub fn encode_tensor(name: &str, t: &Tensor, target: GgmlDType) -> Result<(GgmlD
 pub struct HfToGgufOptions {
     pub ty: GgmlDType,
     pub progress: bool,
+    /// llama.cpp's `_M` mixture for k-quants (`q4_k_m`, `q5_k_m`): the output head, and
+    /// `attn_v`/`ffn_down` in the layers `more_bits` picks, get Q6_K.
+    pub k_medium: bool,
+}
+
+/// Whether a type name asks for llama.cpp's `_M` k-quant mixture.
+pub fn is_k_medium(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "q4_k_m" || n == "q5_k_m"
+}
+
+/// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third one
+/// in between, keep more precision in `attn_v` and `ffn_down`.
+fn more_bits(layer: usize, n_layers: usize) -> bool {
+    let e = n_layers / 8;
+    layer < e || layer >= 7 * n_layers / 8 || (layer >= e && (layer - e) % 3 == 2)
+}
+
+/// The tensor type of `gname` (a GGUF tensor name) under `opts`.
+fn tensor_type(gname: &str, opts: &HfToGgufOptions, n_layers: usize) -> GgmlDType {
+    if !(opts.k_medium && matches!(opts.ty, GgmlDType::Q4K | GgmlDType::Q5K)) {
+        return opts.ty;
+    }
+    if gname == "output.weight" {
+        return GgmlDType::Q6K;
+    }
+    let layer = gname
+        .strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok());
+    match layer {
+        Some(i)
+            if (gname.ends_with("attn_v.weight") || gname.ends_with("ffn_down.weight")) && more_bits(i, n_layers) =>
+        {
+            GgmlDType::Q6K
+        }
+        _ => opts.ty,
+    }
 }
 
 pub fn hf_to_gguf(src: &Path, out: &Path, opts: &HfToGgufOptions) -> Result<()> {
@@ -328,7 +366,7 @@ pub fn hf_to_gguf(src: &Path, out: &Path, opts: &HfToGgufOptions) -> Result<()> 
             Some(nh) => permute_for_gguf(name, &t, nh)?,
             None => t,
         };
-        let (ty, bytes) = encode_tensor(name, &t, opts.ty)?;
+        let (ty, bytes) = encode_tensor(name, &t, tensor_type(&gname, opts, cfg.num_hidden_layers))?;
         w.add_tensor(&gname, t.dims(), ty, bytes)?;
         bar.inc(1);
     }
@@ -359,4 +397,32 @@ fn permute_for_gguf(name: &str, t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let esz = t.dtype().size_in_bytes();
     let out = reorder_rows(&bytes, rows, cols * esz, |p| inv[p]);
     Ok(Tensor::from_raw_buffer(&out, t.dtype(), &[rows, cols], &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_medium_mixture_follows_llama_cpp_layer_choice() {
+        // 32 layers: 0..4, 28..32, and 4 + 3k + 2 in between.
+        let picked: Vec<usize> = (0..32).filter(|&i| more_bits(i, 32)).collect();
+        assert_eq!(picked, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
+        let opts = HfToGgufOptions {
+            ty: GgmlDType::Q4K,
+            progress: false,
+            k_medium: true,
+        };
+        assert_eq!(tensor_type("output.weight", &opts, 32), GgmlDType::Q6K);
+        assert_eq!(tensor_type("blk.6.attn_v.weight", &opts, 32), GgmlDType::Q6K);
+        assert_eq!(tensor_type("blk.6.ffn_down.weight", &opts, 32), GgmlDType::Q6K);
+        assert_eq!(tensor_type("blk.7.attn_v.weight", &opts, 32), GgmlDType::Q4K);
+        assert_eq!(tensor_type("blk.0.attn_q.weight", &opts, 32), GgmlDType::Q4K);
+        let pure = HfToGgufOptions {
+            k_medium: false,
+            ..opts
+        };
+        assert_eq!(tensor_type("output.weight", &pure, 32), GgmlDType::Q4K);
+        assert!(is_k_medium("Q4_K_M") && !is_k_medium("q4_k"));
+    }
 }

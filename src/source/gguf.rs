@@ -525,7 +525,9 @@ impl GgufWriter {
                 w.write_all(s.as_bytes())
             }
             Value::Array(a) => {
-                let ty = a.first().map(|v| v.type_id()).unwrap_or(4);
+                // An empty list has no element to take the type from; the lists llama.cpp
+                // allows to be empty (`tokenizer.ggml.merges`) are string lists.
+                let ty = a.first().map(|v| v.type_id()).unwrap_or(8);
                 w.write_all(&ty.to_le_bytes())?;
                 w.write_all(&(a.len() as u64).to_le_bytes())?;
                 for x in a {
