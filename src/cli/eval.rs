@@ -58,6 +58,9 @@ pub struct EvalArgs {
     /// LoRA adapter folder for the local engine.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Threads for the local engine's CPU kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Device for the local engine (cpu, cuda, cuda:1).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -106,7 +109,7 @@ pub fn open_backend(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
         model: model.to_string(),
         dtype: args.dtype.clone().unwrap_or_else(|| "auto".into()),
         device: args.device.clone(),
-        threads: None,
+        threads: args.threads,
         adapter: args.adapter.clone(),
         quant: args.quant.clone(),
     };
