@@ -281,7 +281,7 @@ pub fn is_k_medium(name: &str) -> bool {
 /// in between, keep more precision in `attn_v` and `ffn_down`.
 fn more_bits(layer: usize, n_layers: usize) -> bool {
     let e = n_layers / 8;
-    layer < e || layer >= 7 * n_layers / 8 || (layer >= e && (layer - e) % 3 == 2)
+    layer < e || layer >= 7 * n_layers / 8 || (layer - e) % 3 == 2
 }
 
 /// The tensor type of `gname` (a GGUF tensor name) under `opts`.
