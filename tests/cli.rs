@@ -13,6 +13,34 @@ fn run(args: &[&str]) -> (String, String) {
     (o, e)
 }
 
+/// The first `n` documents of the transformers perplexity reference, as `{"text": ...}` JSONL.
+fn write_reference_docs(path: &std::path::Path, n: usize) {
+    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
+    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..n]
+        .iter()
+        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// `biomistral perplexity --json` on `jsonl` in f32.
+fn ppl_of(model: &str, jsonl: &std::path::Path) -> f64 {
+    let args = [
+        "perplexity",
+        "--model",
+        model,
+        "--dtype",
+        "f32",
+        "--jsonl",
+        jsonl.to_str().unwrap(),
+        "--json",
+    ];
+    let (o, _) = run(&args);
+    serde_json::from_str::<serde_json::Value>(&o).unwrap()["ppl"]
+        .as_f64()
+        .unwrap()
+}
+
 #[test]
 fn score_writes_the_reference_layout_with_matching_values() {
     let Some(dir) = common::hf_bf16_dir() else { return };
@@ -74,11 +102,7 @@ fn perplexity_jsonl_json_and_inspect() {
     let Some(dir) = common::hf_bf16_dir() else { return };
     let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
     let jsonl = common::scratch().join(format!("docs-{}.jsonl", std::process::id()));
-    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..5]
-        .iter()
-        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
-        .collect();
-    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    write_reference_docs(&jsonl, 5);
     let (o, _) = run(&[
         "perplexity",
         "--model",
@@ -216,28 +240,9 @@ fn awq_beats_rtn_on_fixture_perplexity() {
         "--calib",
         calib.to_str().unwrap(),
     ]);
-    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
     let jsonl = work.join("docs.jsonl");
-    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..8]
-        .iter()
-        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
-        .collect();
-    std::fs::write(&jsonl, lines.join("\n")).unwrap();
-    let p = |m: &str| {
-        let (o, _) = run(&[
-            "perplexity",
-            "--model",
-            m,
-            "--dtype",
-            "f32",
-            "--jsonl",
-            jsonl.to_str().unwrap(),
-            "--json",
-        ]);
-        serde_json::from_str::<serde_json::Value>(&o).unwrap()["ppl"]
-            .as_f64()
-            .unwrap()
-    };
+    write_reference_docs(&jsonl, 8);
+    let p = |m: &str| ppl_of(m, &jsonl);
     let (base, r, a) = (p(d), p(rtn.to_str().unwrap()), p(awq.to_str().unwrap()));
     eprintln!("perplexity: bf16 {base:.3}, RTN-4bit-g64 {r:.3}, AWQ-4bit-g64 {a:.3}");
     assert!(a < r, "AWQ {a} is not below RTN {r}");
@@ -254,13 +259,8 @@ fn quant_table_covers_load_time_formats_with_sizes_and_perplexity() {
     let work = common::scratch().join(format!("quant-table-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let ppl = common::read_json(&common::fixtures().join("hf-reference/ppl.json"));
     let jsonl = work.join("docs.jsonl");
-    let lines: Vec<String> = ppl["docs"].as_array().unwrap()[..4]
-        .iter()
-        .map(|d| serde_json::json!({"text": d["text"]}).to_string())
-        .collect();
-    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    write_reference_docs(&jsonl, 4);
     let prefix = work.join("table");
     let (o, _) = run(&[
         "bench",
@@ -293,19 +293,7 @@ fn quant_table_covers_load_time_formats_with_sizes_and_perplexity() {
             .unwrap_or_else(|| panic!("{label}.{k} missing"))
     };
     // The same documents through the perplexity command give the base row's figure.
-    let (po, _) = run(&[
-        "perplexity",
-        "--model",
-        dir.to_str().unwrap(),
-        "--dtype",
-        "f32",
-        "--jsonl",
-        jsonl.to_str().unwrap(),
-        "--json",
-    ]);
-    let base_ppl = serde_json::from_str::<serde_json::Value>(&po).unwrap()["ppl"]
-        .as_f64()
-        .unwrap();
+    let base_ppl = ppl_of(dir.to_str().unwrap(), &jsonl);
     assert!((get("base", "ppl") - base_ppl).abs() < 1e-6 * base_ppl);
     for (q, tol) in [
         ("int8", 0.01),
