@@ -71,6 +71,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.quant_table {
         return super::bench_quant_table::run(&args);
     }
+
     // Read the held-out text before loading, so a bad file fails fast.
     let ppl_docs = match &args.ppl_file {
         Some(f) => {

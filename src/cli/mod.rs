@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_bandwidth;
 mod bench_quant_table;
 mod bench_serve;
 mod chat;
@@ -54,6 +55,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve an OpenAI-compatible API and a chat page over HTTP.
     Serve(serve::ServeArgs),
+    /// Memory bandwidth (STREAM-like triad and read-only sum): the ceiling for generation.
+    BenchBandwidth(bench_bandwidth::BandwidthArgs),
     /// Load an OpenAI-compatible server with concurrent streams: aggregate t/s and TTFT.
     BenchServe(bench_serve::BenchServeArgs),
     /// Quantize a model: AutoAWQ int4 (awq search or rtn) or GGUF block types.
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),
         Command::BenchServe(a) => bench_serve::run(a),
+        Command::BenchBandwidth(a) => bench_bandwidth::run(a),
         Command::Eval(a) => eval::run(*a),
         Command::EvalReport(a) => eval_report::run(a),
         Command::TranslateBenchmark(a) => translate_benchmark::run(a),
