@@ -65,6 +65,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    super::common::in_pool(args.model.threads, || run_in_pool(args))
+}
+
+fn run_in_pool(args: BenchArgs) -> anyhow::Result<()> {
     if args.reps == 0 || args.batch == 0 {
         anyhow::bail!("invalid --reps or --batch: 0");
     }

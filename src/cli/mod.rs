@@ -97,11 +97,11 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(a) => generate::run(a),
-        Command::Chat(a) => chat::run(a),
+        Command::Generate(a) => common::in_pool(a.model.threads, || generate::run(a)),
+        Command::Chat(a) => common::in_pool(a.model.threads, || chat::run(a)),
         Command::Inspect(a) => inspect::run(a),
-        Command::Perplexity(a) => perplexity::run(a),
-        Command::Score(a) => score::run(a),
+        Command::Perplexity(a) => common::in_pool(a.model.threads, || perplexity::run(a)),
+        Command::Score(a) => common::in_pool(a.model.threads, || score::run(a)),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::InitRandom(a) => init_random::run(a),
@@ -109,11 +109,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::BenchBandwidth(a) => bench_bandwidth::run(a),
-        Command::Eval(a) => eval::run(*a),
+        Command::Eval(a) => common::in_pool(a.threads, || eval::run(*a)),
         Command::EvalReport(a) => eval_report::run(a),
         Command::TranslateBenchmark(a) => translate_benchmark::run(a),
-        Command::Pretrain(a) => pretrain::run(a),
-        Command::Sft(a) => sft::run(a),
+        Command::Pretrain(a) => common::in_pool(a.model.threads, || pretrain::run(a)),
+        Command::Sft(a) => common::in_pool(a.model.threads, || sft::run(a)),
         Command::MergeLora(a) => merge_lora::run(a),
         Command::Version => {
             println!("biomistral {}", biomistral::version());

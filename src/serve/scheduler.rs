@@ -129,7 +129,9 @@ pub fn start(
                 cache: KvCache::default(),
             };
             e.cache = e.m.model.new_cache();
-            e.run(rx)
+            // On a worker of the kernels' thread pool, so each matmul does not hand its loop
+            // over to the pool and sleep (a context switch per call).
+            rayon::scope(|_| e.run(rx))
         })
         .map_err(|e| crate::Error::Msg(format!("spawning the engine thread: {e}")))?;
     Ok((queue, handle))
