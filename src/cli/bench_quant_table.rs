@@ -52,10 +52,7 @@ fn rows(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
 
 /// `$BIOMISTRAL_DATA/pubmed_calib/ncbi_disease/NCBItestset_corpus.txt`: held-out PubMed abstracts.
 fn default_ppl_file() -> Option<PathBuf> {
-    let data = std::env::var_os("BIOMISTRAL_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"));
-    let f = data.join("pubmed_calib/ncbi_disease/NCBItestset_corpus.txt");
+    let f = super::eval::data_dir(&None).join("pubmed_calib/ncbi_disease/NCBItestset_corpus.txt");
     f.is_file().then_some(f)
 }
 

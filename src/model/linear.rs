@@ -47,6 +47,11 @@ const PREFILL_DEQUANT_ROWS: usize = 16;
 /// a server's decode batch (up to 32 sequences) stays on the integer kernels.
 const GGUF_DEQUANT_ROWS: usize = 48;
 
+/// Bytes a dense tensor holds.
+pub fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 /// Rows of `x` `[..., in]`.
 fn rows_of(x: &Tensor) -> usize {
     x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1)
@@ -334,7 +339,7 @@ impl Linear {
 
     /// Bytes held in memory: the base weight in its format plus the adapter.
     pub fn storage_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let t = tensor_bytes;
         let base = match &self.kind {
             LinearKind::Dense(w) => t(w),
             LinearKind::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),

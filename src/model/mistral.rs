@@ -305,7 +305,7 @@ impl Model {
     /// Bytes the weights take in memory, in whatever format each is held (adapters included; a
     /// tied head counted once).
     pub fn weight_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let t = crate::model::linear::tensor_bytes;
         let mut n = t(&self.embed_tokens) + t(&self.norm.weight);
         for l in &self.layers {
             n += t(&l.input_layernorm.weight) + t(&l.post_attention_layernorm.weight);
