@@ -1,4 +1,5 @@
-//! Quantized matrix-vector kernels for GGUF Q8_0, Q4_0 and Q4_1 weights (decoding).
+//! Quantized kernels for GGUF Q8_0, Q4_0 and Q4_1 weights: matrix-vector products for decoding
+//! and an int8 GEMM for prompt processing.
 //!
 //! Decoding one token multiplies each weight matrix by one activation row, so the time goes
 //! into streaming the weights from memory and turning their codes into products. Plan:
@@ -11,10 +12,13 @@
 //!   (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw`, or scalar), scaled per block in f32. The
 //!   codes' offsets (Q4_0's 8, Q8_0's 128 after a sign flip) and Q4_1's minimums are applied
 //!   once per row through the activation block sums `s`.
+//! * [`gemm`]: many activation rows (prompt processing): an int8 GEMM with per-32-block
+//!   activation scales over weight panels unpacked into VNNI order.
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
 pub mod dot;
+pub mod gemm;
 pub mod matvec;
 pub mod pack;
 

@@ -210,6 +210,63 @@ impl PackedMatrix {
     }
 }
 
+/// The int8 GEMM's view: signed codes (Q4_0's offset folded in) and per-block scales.
+impl super::gemm::BlockRows for PackedMatrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn has_mins(&self) -> bool {
+        self.format == BlockFormat::Q4_1
+    }
+
+    fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
+        let nb = scales.len();
+        let w = self.row(r);
+        for (s, d) in scales.iter_mut().zip(&w.scales[b0..b0 + nb]) {
+            *s = d.to_f32();
+        }
+        if self.format == BlockFormat::Q4_1 {
+            for (s, m) in mins.iter_mut().zip(&w.mins[b0..b0 + nb]) {
+                *s = m.to_f32();
+            }
+        }
+        let codes = &mut codes[..nb * QK];
+        if self.format == BlockFormat::Q8_0 {
+            for (c, &b) in codes.iter_mut().zip(&w.codes[b0 * QK..(b0 + nb) * QK]) {
+                *c = b as i8;
+            }
+            return;
+        }
+        let off = if self.format == BlockFormat::Q4_0 { 8 } else { 0 };
+        let whole = self.blocks / GROUP * GROUP;
+        let mut b = b0;
+        while b < b0 + nb {
+            let dst = &mut codes[(b - b0) * QK..];
+            if b.is_multiple_of(GROUP) && b + GROUP <= whole && b + GROUP <= b0 + nb {
+                // A whole group: 64 bytes, low nibbles weights 0..64, high nibbles 64..128.
+                let src: &[u8; 64] = w.codes[b * 16..b * 16 + 64].try_into().unwrap();
+                let (lo, hi) = dst[..128].split_at_mut(64);
+                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(src) {
+                    *l = (v & 0xF) as i8 - off;
+                    *h = (v >> 4) as i8 - off;
+                }
+                b += GROUP;
+            } else {
+                for (i, c) in dst[..QK].iter_mut().enumerate() {
+                    let (at, shift) = q4_pos(self.blocks, b, i);
+                    *c = ((w.codes[at] >> shift) & 0xF) as i8 - off;
+                }
+                b += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -43,9 +43,6 @@ fn custom_dense(c: &dyn QuantLinear, dtype: DType) -> Result<Tensor> {
 
 /// From this many input rows on, quantized weights are dequantized for a dense GEMM.
 const PREFILL_DEQUANT_ROWS: usize = 16;
-/// The same switch for our own GGUF kernels, which reuse each weight row for every input row:
-/// a server's decode batch (up to 32 sequences) stays on the integer kernels.
-const GGUF_DEQUANT_ROWS: usize = 48;
 
 /// Bytes a dense tensor holds.
 pub fn tensor_bytes(t: &Tensor) -> usize {
@@ -198,11 +195,8 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
     match kind {
         LinearKind::Dense(w) => dense_forward(x, w),
         LinearKind::Custom(c) => c.forward(x),
-        // Many rows: dequantize for a dense GEMM, as for `Quant` below.
-        LinearKind::Gguf(g) if rows_of(x) >= GGUF_DEQUANT_ROWS => {
-            let y = dense_forward(&x.to_dtype(DType::F32)?, &g.dequantize_tensor()?)?;
-            Ok(y.to_dtype(x.dtype())?)
-        }
+        // `GgufLinear` picks its kernel by row count (decode kernels, int8 GEMM, or dequantize +
+        // dense GEMM where the CPU lacks VNNI).
         LinearKind::Gguf(g) => g.forward(x),
         LinearKind::Quant(q) => {
             let dt = x.dtype();

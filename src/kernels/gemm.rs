@@ -1,0 +1,582 @@
+//! Int8 GEMM for prompt processing: `y [n, out] = x [n, in] W^T` for a block-quantized `W`
+//! (GGUF Q8_0 / Q4_0 / Q4_1, AutoAWQ int4) and many input rows.
+//!
+//! Why not the decode kernels ([`super::dot`]): they scale activations per 4 values, which
+//! costs a convert, a multiply and an FMA per `vpdpbusd`. That is free when decoding is bound by
+//! memory, but leaves prompt processing, which is bound by arithmetic, at about a quarter of the
+//! VNNI peak. Here, as in ggml, activations get one scale per 32-block, and each i32 lane sums a
+//! whole block for one (input row, output) pair, so the float work is per block.
+//!
+//! Layout (the classic VNNI GEMM). One panel of [`NR`] = 32 output rows and up to
+//! [`KC_BLOCKS`] blocks at a time is unpacked into signed codes `[block][k / 4][32][4]`
+//! (small enough to stay in L2 while every input row passes over it). Activation codes are
+//! stored as `q + 128` (u8), so `vpdpbusd(acc, 4 broadcast activation bytes, 64 code bytes)`
+//! adds 4 products to each of 16 outputs. The offset's extra `128 * sum(codes)` is removed by
+//! starting each block's sum at `-128 * sum(codes)`, computed when packing. Per block then
+//! `y += d_w * d_x * isum (+ m_w * s_x)`, with `s_x = d_x * sum(q)` for formats with a
+//! minimum (Q4_1, AWQ's `-z * s`). Q4_0's `-8` offset is folded into its codes (`c - 8`).
+use super::QK;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Output rows per panel (two 16-lane vectors).
+pub const NR: usize = 32;
+/// Blocks per panel chunk: 64 x 32 inputs = 64 KiB of codes, plus 24 KiB of block data.
+pub const KC_BLOCKS: usize = 64;
+/// Input rows per micro-kernel call (4 rows x 2 vectors = 8 i32 and 8 f32 accumulators).
+const MR: usize = 4;
+
+/// A weight matrix that can hand out its blocks as signed codes with per-block scales (and
+/// minimums): weight = `code * scale (+ min)`.
+pub trait BlockRows: Sync {
+    fn rows(&self) -> usize;
+    /// A multiple of 32.
+    fn cols(&self) -> usize;
+    fn has_mins(&self) -> bool;
+    /// Row `r`, blocks `b0..b0 + scales.len()`: 32 codes per block into `codes`, and each
+    /// block's scale (and minimum, when [`Self::has_mins`]).
+    fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]);
+}
+
+/// `n` activation rows quantized per 32-block: `x ~ d * q`, `q` in -127..=127 stored as
+/// `q + 128`.
+pub struct BlockActs {
+    pub cols: usize,
+    pub blocks: usize,
+    /// `[n, cols]`, `q + 128`.
+    pub q: Vec<u8>,
+    /// `[n, blocks]` scales.
+    pub d: Vec<f32>,
+    /// `[n, blocks]`: `d * sum(q)`.
+    pub s: Vec<f32>,
+}
+
+impl BlockActs {
+    /// `x` is `[n, cols]` row-major, `cols` a multiple of 32.
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        assert!(cols.is_multiple_of(QK) && cols > 0 && x.len().is_multiple_of(cols));
+        let nb = x.len() / QK;
+        let mut a = BlockActs {
+            cols,
+            blocks: cols / QK,
+            q: vec![0; x.len()],
+            d: vec![0.0; nb],
+            s: vec![0.0; nb],
+        };
+        a.q.par_chunks_mut(cols)
+            .zip(a.d.par_chunks_mut(cols / QK))
+            .zip(a.s.par_chunks_mut(cols / QK))
+            .zip(x.par_chunks(cols))
+            .for_each(|(((q, d), s), x)| {
+                for (((qb, xb), d), s) in q.chunks_exact_mut(QK).zip(x.chunks_exact(QK)).zip(d).zip(s) {
+                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    *d = amax / 127.0;
+                    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (qi, &xi) in qb.iter_mut().zip(xb) {
+                        let v = (xi * id).round().clamp(-127.0, 127.0) as i32;
+                        sum += v;
+                        *qi = (v + 128) as u8;
+                    }
+                    *s = *d * sum as f32;
+                }
+            });
+        a
+    }
+
+    pub fn rows(&self) -> usize {
+        self.d.len() / self.blocks
+    }
+}
+
+/// One panel chunk: `NR` output rows, `kb` blocks.
+#[derive(Default)]
+struct Panel {
+    kb: usize,
+    /// `[kb][8][NR][4]`.
+    codes: Vec<i8>,
+    /// `[kb][NR]`: `-128 * sum(codes)`.
+    corr: Vec<i32>,
+    /// `[kb][NR]`.
+    d: Vec<f32>,
+    /// `[kb][NR]` (zeros without minimums).
+    m: Vec<f32>,
+    // Scratch for one unpacked row.
+    row: Vec<i8>,
+    row_d: Vec<f32>,
+    row_m: Vec<f32>,
+}
+
+impl Panel {
+    /// Unpack rows `o0..o0 + NR` (zeros past the last row), blocks `b0..b0 + kb`.
+    fn pack<W: BlockRows + ?Sized>(&mut self, w: &W, o0: usize, b0: usize, kb: usize) {
+        self.kb = kb;
+        let len = kb * QK;
+        self.codes.resize(len * NR, 0);
+        self.row.clear();
+        self.row.resize(len * NR, 0);
+        for v in [&mut self.d, &mut self.m] {
+            v.clear();
+            v.resize(kb * NR, 0.0);
+        }
+        self.corr.clear();
+        self.corr.resize(kb * NR, 0);
+        self.row_d.resize(kb, 0.0);
+        self.row_m.resize(kb, 0.0);
+        for j in 0..NR.min(w.rows().saturating_sub(o0)) {
+            let src = &mut self.row[j * len..(j + 1) * len];
+            w.unpack(o0 + j, b0, src, &mut self.row_d, &mut self.row_m);
+            for (b, blk) in src.chunks_exact(QK).enumerate() {
+                let sum: i32 = blk.iter().map(|&c| c as i32).sum();
+                self.corr[b * NR + j] = -128 * sum;
+                self.d[b * NR + j] = self.row_d[b];
+                self.m[b * NR + j] = self.row_m[b];
+            }
+        }
+        // The rows' 4-code groups, transposed: group q of row j goes to u32 `q * NR + j`.
+        let groups = len / 4;
+        let mut q0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has AVX-512 F; both buffers hold NR x `groups` u32.
+            unsafe { transpose16_avx512(&self.row, &mut self.codes, groups) };
+            q0 = groups / 16 * 16;
+        }
+        let (src, dst) = (&self.row, &mut self.codes);
+        for q in q0..groups {
+            for j in 0..NR {
+                let (s, d) = ((j * groups + q) * 4, (q * NR + j) * 4);
+                dst[d..d + 4].copy_from_slice(&src[s..s + 4]);
+            }
+        }
+    }
+}
+
+/// `dst[q][j] = src[j][q]` for u32 `q < groups / 16 * 16`, `j < NR`, as 16 x 16 register
+/// transposes (the compiler's own version of the scalar loop used scatters, 3x slower).
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `src` and `dst` must hold `NR * groups` u32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_avx512(src: &[i8], dst: &mut [i8], groups: usize) {
+    use std::arch::x86_64::*;
+    assert!(src.len() >= NR * groups * 4 && dst.len() >= NR * groups * 4);
+    let (sp, dp) = (src.as_ptr() as *const i32, dst.as_mut_ptr() as *mut i32);
+    for h in 0..NR / 16 {
+        for q in (0..groups / 16 * 16).step_by(16) {
+            // SAFETY: rows 16h..16h+16, groups q..q+16 are in bounds (asserted).
+            unsafe {
+                let r: [__m512i; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_si512(sp.add((16 * h + i) * groups + q) as *const __m512i));
+                let t: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm512_unpacklo_epi32(a, b)
+                    } else {
+                        _mm512_unpackhi_epi32(a, b)
+                    }
+                });
+                // u[4k + c], 128-bit lane L: rows 4k..4k+4 of column 4L + c.
+                let u: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (k, c) = (i / 4, i % 4);
+                    let (a, b) = (t[4 * k + c / 2], t[4 * k + c / 2 + 2]);
+                    if c % 2 == 0 {
+                        _mm512_unpacklo_epi64(a, b)
+                    } else {
+                        _mm512_unpackhi_epi64(a, b)
+                    }
+                });
+                for c in 0..4 {
+                    let x0 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+                    let x1 = _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]);
+                    let y0 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+                    let y1 = _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]);
+                    let cols = [
+                        (c, _mm512_shuffle_i32x4::<0x88>(x0, y0)),
+                        (8 + c, _mm512_shuffle_i32x4::<0xdd>(x0, y0)),
+                        (4 + c, _mm512_shuffle_i32x4::<0x88>(x1, y1)),
+                        (12 + c, _mm512_shuffle_i32x4::<0xdd>(x1, y1)),
+                    ];
+                    for (col, v) in cols {
+                        _mm512_storeu_si512(dp.add((q + col) * NR + 16 * h) as *mut __m512i, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static PANEL: RefCell<Panel> = RefCell::new(Panel::default());
+}
+
+/// Whether this CPU runs the SIMD GEMM (AVX-512 VNNI); otherwise callers keep their own path.
+pub fn available() -> bool {
+    super::Kernel::Avx512Vnni.is_available()
+}
+
+/// A raw pointer to `y` shared by the panel tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes only its own panel's columns of y (see `gemm_with`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Through a method, so closures capture the `Send` wrapper and not its raw field.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Which micro-kernel computes a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// The portable reference (tests; same arithmetic as the SIMD kernel).
+    Scalar,
+    /// AVX-512 F/BW + VNNI.
+    Avx512Vnni,
+}
+
+/// `y [n, rows] = x [n, cols] W^T` with the best kernel for this CPU.
+pub fn gemm<W: BlockRows + ?Sized>(w: &W, x: &[f32], n: usize) -> Vec<f32> {
+    let k = if available() {
+        GemmKernel::Avx512Vnni
+    } else {
+        GemmKernel::Scalar
+    };
+    gemm_with(w, &BlockActs::new(x, w.cols()), n, k)
+}
+
+/// As [`gemm`] on already quantized activations with a chosen kernel.
+///
+/// # Panics
+/// If `kernel` is [`GemmKernel::Avx512Vnni`] and this CPU lacks it, or shapes disagree.
+pub fn gemm_with<W: BlockRows + ?Sized>(w: &W, a: &BlockActs, n: usize, kernel: GemmKernel) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(a.cols == cols && a.rows() == n && cols.is_multiple_of(QK));
+    assert!(
+        kernel == GemmKernel::Scalar || available(),
+        "no AVX-512 VNNI on this CPU"
+    );
+    let mut y = vec![0f32; n * rows];
+    let out = Out(y.as_mut_ptr());
+    let mins = w.has_mins();
+    (0..rows.div_ceil(NR)).into_par_iter().for_each(|pi| {
+        PANEL.with(|cell| {
+            let mut p = cell.borrow_mut();
+            let o0 = pi * NR;
+            let width = NR.min(rows - o0);
+            for b0 in (0..a.blocks).step_by(KC_BLOCKS) {
+                p.pack(w, o0, b0, KC_BLOCKS.min(a.blocks - b0));
+                let mut r0 = 0;
+                while r0 < n {
+                    let mr = MR.min(n - r0);
+                    // SAFETY: rows r0..r0+mr and columns o0..o0+width of y belong to this task
+                    // alone; the SIMD kernel is only chosen when the CPU has it (asserted).
+                    unsafe {
+                        let y0 = out.at(r0 * rows + o0);
+                        match kernel {
+                            GemmKernel::Scalar => scalar(&p, a, r0, mr, b0, mins, y0, rows, width),
+                            #[cfg(target_arch = "x86_64")]
+                            GemmKernel::Avx512Vnni => avx512::chunk(&p, a, r0, mr, b0, mins, y0, rows, width),
+                            #[cfg(not(target_arch = "x86_64"))]
+                            GemmKernel::Avx512Vnni => unreachable!(),
+                        }
+                    }
+                    r0 += mr;
+                }
+            }
+        });
+    });
+    y
+}
+
+/// Reference micro-kernel: rows `r0..r0 + mr` against the panel, added into `y0` (row stride
+/// `ld`, `width` valid columns).
+///
+/// # Safety
+/// `y0` must point at `mr` rows of `width` writable values, `ld` apart.
+#[allow(clippy::too_many_arguments)]
+unsafe fn scalar(
+    p: &Panel,
+    a: &BlockActs,
+    r0: usize,
+    mr: usize,
+    b0: usize,
+    mins: bool,
+    y0: *mut f32,
+    ld: usize,
+    width: usize,
+) {
+    for r in 0..mr {
+        let row = r0 + r;
+        let xq = &a.q[row * a.cols..(row + 1) * a.cols];
+        for j in 0..width {
+            let mut f = 0f32;
+            for b in 0..p.kb {
+                let mut isum = p.corr[b * NR + j];
+                for g in 0..8 {
+                    let at = ((b * 8 + g) * NR + j) * 4;
+                    for t in 0..4 {
+                        isum += xq[(b0 + b) * QK + g * 4 + t] as i32 * p.codes[at + t] as i32;
+                    }
+                }
+                let (dx, sx) = (a.d[row * a.blocks + b0 + b], a.s[row * a.blocks + b0 + b]);
+                f = (isum as f32).mul_add(p.d[b * NR + j] * dx, f);
+                if mins {
+                    f = p.m[b * NR + j].mul_add(sx, f);
+                }
+            }
+            // SAFETY: within the caller's rows and columns.
+            unsafe { *y0.add(r * ld + j) += f };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{BlockActs, Panel, MR, NR};
+    use crate::kernels::QK;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// As [`super::scalar`], and the CPU must have AVX-512 F/BW/VNNI.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn chunk(
+        p: &Panel,
+        a: &BlockActs,
+        r0: usize,
+        mr: usize,
+        b0: usize,
+        mins: bool,
+        y0: *mut f32,
+        ld: usize,
+        width: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (mr, mins) {
+                (4, false) => rows::<4, false>(p, a, r0, b0, y0, ld, width),
+                (4, true) => rows::<4, true>(p, a, r0, b0, y0, ld, width),
+                (3, false) => rows::<3, false>(p, a, r0, b0, y0, ld, width),
+                (3, true) => rows::<3, true>(p, a, r0, b0, y0, ld, width),
+                (2, false) => rows::<2, false>(p, a, r0, b0, y0, ld, width),
+                (2, true) => rows::<2, true>(p, a, r0, b0, y0, ld, width),
+                (1, false) => rows::<1, false>(p, a, r0, b0, y0, ld, width),
+                (1, true) => rows::<1, true>(p, a, r0, b0, y0, ld, width),
+                _ => unreachable!("at most {MR} rows"),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn rows<const R: usize, const MINS: bool>(
+        p: &Panel,
+        a: &BlockActs,
+        r0: usize,
+        b0: usize,
+        y0: *mut f32,
+        ld: usize,
+        width: usize,
+    ) {
+        let cp = p.codes.as_ptr();
+        let xq: [*const u8; R] = std::array::from_fn(|r| a.q[(r0 + r) * a.cols + b0 * QK..].as_ptr());
+        let at = |r: usize| (r0 + r) * a.blocks + b0;
+        let mut f = [[_mm512_setzero_ps(); 2]; R];
+        for b in 0..p.kb {
+            // SAFETY: block b of the panel has 8 x NR x 4 codes and NR of each block value;
+            // each activation row has kb blocks from b0 (asserted shapes in gemm_with).
+            unsafe {
+                let c = [
+                    _mm512_loadu_si512(p.corr.as_ptr().add(b * NR) as *const __m512i),
+                    _mm512_loadu_si512(p.corr.as_ptr().add(b * NR + 16) as *const __m512i),
+                ];
+                let mut acc = [c; R];
+                let cb = cp.add(b * 8 * NR * 4);
+                for g in 0..8 {
+                    let w0 = _mm512_loadu_si512(cb.add(g * NR * 4) as *const __m512i);
+                    let w1 = _mm512_loadu_si512(cb.add(g * NR * 4 + 64) as *const __m512i);
+                    for r in 0..R {
+                        let x4 = (xq[r].add(b * QK + g * 4) as *const i32).read_unaligned();
+                        let xv = _mm512_set1_epi32(x4);
+                        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xv, w0);
+                        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xv, w1);
+                    }
+                }
+                let d = [
+                    _mm512_loadu_ps(p.d.as_ptr().add(b * NR)),
+                    _mm512_loadu_ps(p.d.as_ptr().add(b * NR + 16)),
+                ];
+                let m = if MINS {
+                    [
+                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR)),
+                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR + 16)),
+                    ]
+                } else {
+                    [_mm512_setzero_ps(); 2]
+                };
+                for r in 0..R {
+                    let dx = _mm512_set1_ps(*a.d.get_unchecked(at(r) + b));
+                    for v in 0..2 {
+                        let s = _mm512_mul_ps(d[v], dx);
+                        f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), s, f[r][v]);
+                    }
+                    if MINS {
+                        let sx = _mm512_set1_ps(*a.s.get_unchecked(at(r) + b));
+                        for v in 0..2 {
+                            f[r][v] = _mm512_fmadd_ps(m[v], sx, f[r][v]);
+                        }
+                    }
+                }
+            }
+        }
+        let mask = |v: usize| -> __mmask16 {
+            let n = width.saturating_sub(16 * v).min(16);
+            if n == 16 {
+                0xFFFF
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        for (r, fr) in f.iter().enumerate() {
+            for (v, fv) in fr.iter().enumerate() {
+                let k = mask(v);
+                // SAFETY: the masked lanes are within the caller's `width` columns of row r.
+                unsafe {
+                    let yp = y0.add(r * ld + 16 * v);
+                    let old = _mm512_maskz_loadu_ps(k, yp);
+                    _mm512_mask_storeu_ps(yp, k, _mm512_add_ps(old, *fv));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A plain `[rows, cols]` matrix of random codes, scales and minimums.
+    struct Dense {
+        rows: usize,
+        cols: usize,
+        codes: Vec<i8>,
+        d: Vec<f32>,
+        m: Option<Vec<f32>>,
+    }
+
+    impl Dense {
+        fn random(rows: usize, cols: usize, lo: i8, hi: i8, mins: bool, seed: u64) -> Self {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let nb = rows * cols / QK;
+            Dense {
+                rows,
+                cols,
+                codes: (0..rows * cols).map(|_| rng.gen_range(lo..=hi)).collect(),
+                d: (0..nb).map(|_| rng.gen_range(0.001f32..0.05)).collect(),
+                m: mins.then(|| (0..nb).map(|_| rng.gen_range(-0.2f32..0.0)).collect()),
+            }
+        }
+        fn weight(&self, r: usize, i: usize) -> f64 {
+            let b = (r * self.cols + i) / QK;
+            self.codes[r * self.cols + i] as f64 * self.d[b] as f64 + self.m.as_ref().map_or(0.0, |m| m[b] as f64)
+        }
+    }
+
+    impl BlockRows for Dense {
+        fn rows(&self) -> usize {
+            self.rows
+        }
+        fn cols(&self) -> usize {
+            self.cols
+        }
+        fn has_mins(&self) -> bool {
+            self.m.is_some()
+        }
+        fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
+            let nb = scales.len();
+            let at = r * self.cols + b0 * QK;
+            codes[..nb * QK].copy_from_slice(&self.codes[at..at + nb * QK]);
+            let bb = r * self.cols / QK + b0;
+            scales.copy_from_slice(&self.d[bb..bb + nb]);
+            if let Some(m) = &self.m {
+                mins.copy_from_slice(&m[bb..bb + nb]);
+            }
+        }
+    }
+
+    fn kernels() -> Vec<GemmKernel> {
+        let mut k = vec![GemmKernel::Scalar];
+        if available() {
+            k.push(GemmKernel::Avx512Vnni);
+        }
+        k
+    }
+
+    /// Against f64 `x W^T`: the only error allowed beyond f32 summation is x's rounding to
+    /// int8, at most half a step (`amax / 127 / 2`) per value of each 32-block.
+    #[test]
+    fn matches_dense_product_for_every_shape_and_kernel() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Rows: under one panel, a partial panel, several; cols: one block, the fixture's 576,
+        // more than one chunk (KC_BLOCKS) with a partial last chunk.
+        for (rows, cols) in [(5, 32), (33, 576), (64, 96), (40, (KC_BLOCKS + 3) * QK)] {
+            for (lo, hi, mins) in [(-128i8, 127i8, false), (-8, 7, false), (0, 15, true)] {
+                let w = Dense::random(rows, cols, lo, hi, mins, rows as u64);
+                for n in [1, 3, 4, 7] {
+                    let x: Vec<f32> = (0..n * cols)
+                        .map(|i| rng.gen_range(-1.0f32..1.0) * if i % 13 == 0 { 20.0 } else { 1.0 })
+                        .collect();
+                    let a = BlockActs::new(&x, cols);
+                    let ys: Vec<Vec<f32>> = kernels().into_iter().map(|k| gemm_with(&w, &a, n, k)).collect();
+                    for r in 0..n {
+                        for o in 0..rows {
+                            let xr = &x[r * cols..(r + 1) * cols];
+                            let want: f64 = (0..cols).map(|i| xr[i] as f64 * w.weight(o, i)).sum();
+                            let mag: f64 = (0..cols).map(|i| (xr[i] as f64 * w.weight(o, i)).abs()).sum();
+                            let round: f64 = (0..cols / QK)
+                                .map(|b| {
+                                    let xb = &xr[b * QK..(b + 1) * QK];
+                                    let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                                    (0..QK).map(|i| 0.5 * step * w.weight(o, b * QK + i).abs()).sum::<f64>()
+                                })
+                                .sum();
+                            for (k, y) in kernels().into_iter().zip(&ys) {
+                                let got = y[r * rows + o] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1.001 * round + 1e-5 * mag,
+                                    "{k:?} [{rows},{cols}] codes {lo}..{hi} n {n} ({r},{o}): {got} vs {want}"
+                                );
+                            }
+                            // The SIMD kernel does the scalar one's integer arithmetic exactly
+                            // and only sums floats in another order.
+                            let (s, v) = (ys[0][r * rows + o] as f64, ys[ys.len() - 1][r * rows + o] as f64);
+                            assert!((s - v).abs() <= 1e-5 * mag + 1e-6, "scalar {s} vs simd {v}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activation_blocks_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        let a = BlockActs::new(&x, 64);
+        assert_eq!((a.rows(), a.blocks), (1, 2));
+        for (i, &v) in x.iter().enumerate() {
+            let d = a.d[i / QK];
+            let q = a.q[i] as i32 - 128;
+            assert!((v - q as f32 * d).abs() <= 0.5 * d * 1.0001, "{i}");
+        }
+        let s0: i32 = a.q[..32].iter().map(|&q| q as i32 - 128).sum();
+        assert!((a.s[0] - a.d[0] * s0 as f32).abs() < 1e-5);
+        let z = BlockActs::new(&[0.0; 32], 32);
+        assert!(z.q.iter().all(|&q| q == 128) && z.d == [0.0] && z.s == [0.0]);
+    }
+}
