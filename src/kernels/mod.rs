@@ -17,6 +17,7 @@
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
+pub mod attention;
 pub mod dot;
 pub mod gemm;
 pub mod matvec;

@@ -365,7 +365,13 @@ impl Model {
         let offset = cache.seq_len();
         let s = offset + t;
         let (cos, sin) = self.rotary.tables(offset, t, opts.positions)?;
-        let mask = self.attention_bias(b, t, offset, opts.key_mask)?;
+        // Without a key mask, inference in f32 on the CPU masks inside the fused kernel.
+        let fused = opts.key_mask.is_none() && !opts.differentiable && h.dtype() == DType::F32 && h.device().is_cpu();
+        let mask = if fused {
+            None
+        } else {
+            self.attention_bias(b, t, offset, opts.key_mask)?
+        };
         let pads = left_pads(opts.key_mask)?;
         for i in range {
             let ctx = AttnCtx {
@@ -373,6 +379,8 @@ impl Model {
                 sin: &sin,
                 mask: mask.as_ref(),
                 pads: pads.as_deref(),
+                causal_only: fused,
+                window: self.cfg.sliding_window.unwrap_or(usize::MAX),
             };
             h = self.layers[i].forward(&h, i, &ctx, cache, opts.differentiable)?;
         }
@@ -457,6 +465,10 @@ struct AttnCtx<'a> {
     mask: Option<&'a Tensor>,
     /// Left-padding length of each row, when padding is a prefix of every row.
     pads: Option<&'a [usize]>,
+    /// The mask is causal plus the sliding window only and this is f32 inference on the CPU:
+    /// [`crate::kernels::attention`] applies, and `mask` is not built.
+    causal_only: bool,
+    window: usize,
 }
 
 /// Leading zeros of each row of a `[B, S]` key mask, if every row is zeros-then-ones.
@@ -544,6 +556,22 @@ impl Attention {
                     rows.push(self.attend(&q.narrow(0, i, 1)?, &kr, &vr, m.as_ref(), t, differentiable)?);
                 }
                 Tensor::cat(&rows, 0)?
+            }
+            _ if ctx.causal_only => {
+                let s = k.dims()[2];
+                let sh = crate::kernels::attention::CausalShape {
+                    batch: b,
+                    kv_heads: nkv,
+                    rep,
+                    t,
+                    s,
+                    head_dim: hd,
+                    window: ctx.window,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                let flat = |x: &Tensor| -> Result<Vec<f32>> { Ok(x.contiguous()?.flatten_all()?.to_vec1::<f32>()?) };
+                let o = crate::kernels::attention::causal_attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, sh);
+                Tensor::from_vec(o, (b, nkv, rep * t, hd), q.device())?
             }
             _ => self.attend(&q, &k, &v, ctx.mask, t, differentiable)?,
         };
