@@ -130,10 +130,33 @@ fn awq_linear_reproduces_reference_output() {
     assert_eq!(lin.dequantize(), deq);
     let x: Vec<f32> = f16s(&st, "x").iter().map(|v| v.to_f32()).collect();
     let y = f32s(&st, "y");
-    let got = lin.forward_f32(&x, 3).unwrap();
+    // The unpacked weight times x: within 1e-3 of AutoAWQ's output.
+    let exact = lin.forward_reference(&x, 3).unwrap();
     let norm = y.iter().map(|v| v * v).sum::<f32>().sqrt() / (y.len() as f32).sqrt();
-    for (a, b) in got.iter().zip(&y) {
+    for (a, b) in exact.iter().zip(&y) {
         assert!((a - b).abs() <= 1e-3 * b.abs().max(norm), "{a} vs {b}");
+    }
+    // The decode kernels also round x to int8 (one scale per 4 values): within half a step of
+    // each value times its weights.
+    let got = lin.forward_f32(&x, 3).unwrap();
+    for r in 0..3 {
+        for o in 0..256 {
+            let xr = &x[r * 512..(r + 1) * 512];
+            let wr = &deq[o * 512..(o + 1) * 512];
+            let round: f32 = xr
+                .chunks_exact(4)
+                .zip(wr.chunks_exact(4))
+                .map(|(xs, ws)| {
+                    let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    0.5 * step * ws.iter().map(|w| w.abs()).sum::<f32>()
+                })
+                .sum();
+            let (a, b) = (got[r * 256 + o], y[r * 256 + o]);
+            assert!(
+                (a - b).abs() <= round + 1e-3 * b.abs().max(norm),
+                "({r},{o}): {a} vs {b}"
+            );
+        }
     }
     // The candle entry point agrees with the slice one.
     let xt = candle_core::Tensor::from_vec(x, (1, 3, 512), &candle_core::Device::Cpu).unwrap();
