@@ -13,13 +13,15 @@
 //!   codes' offsets (Q4_0's 8, Q8_0's 128 after a sign flip) and Q4_1's minimums are applied
 //!   once per row through the activation block sums `s`.
 //! * [`gemm`]: many activation rows (prompt processing): an int8 GEMM with per-32-block
-//!   activation scales over weight panels unpacked into VNNI order.
+//!   activation scales over weight panels unpacked into VNNI order; [`kquant`] feeds it GGUF
+//!   Q4_K / Q5_K rows.
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
 pub mod attention;
 pub mod dot;
 pub mod gemm;
+pub mod kquant;
 pub mod matvec;
 pub mod pack;
 

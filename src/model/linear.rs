@@ -1,9 +1,12 @@
 //! `Linear` is the single seam where weight formats plug in: the decoder only calls `forward`
 //! and never asks which format it holds. A LoRA adapter wraps whatever base kind is there, so
 //! new weight formats only add variants to `LinearKind`.
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernels::gemm;
+use crate::kernels::kquant::{KFormat, KQuantRows};
+use crate::quantize::gguf_linear::INT8_GEMM_MIN_ROWS;
 use crate::quantize::{GgufLinear, QuantLinear};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
@@ -190,6 +193,27 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// Q4_K / Q5_K tensors, which the int8 GEMM reads in place.
+fn kquant_format(qt: &QTensor) -> Option<KFormat> {
+    match qt.dtype() {
+        GgmlDType::Q4K => Some(KFormat::Q4K),
+        GgmlDType::Q5K => Some(KFormat::Q5K),
+        _ => None,
+    }
+}
+
+/// `x [.., in] W^T` for a CPU Q4_K / Q5_K weight through the int8 GEMM.
+fn kquant_gemm(qt: &QTensor, x: &Tensor, rows: usize) -> Result<Tensor> {
+    let f = kquant_format(qt).ok_or_else(|| Error::tensor("k-quant GEMM", format!("{:?}", qt.dtype())))?;
+    let (out, inf) = qt.shape().dims2()?;
+    let data = qt.data()?;
+    let w = KQuantRows::new(f, out, inf, &data).map_err(|m| Error::tensor("k-quant weight", m))?;
+    let y = gemm::gemm(&w, &x.flatten_all()?.to_vec1::<f32>()?, rows);
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("x has a feature dim") = out;
+    Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
 /// `x @ W^T` for a quantized base kind (no gradient).
 fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
     match kind {
@@ -210,6 +234,14 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
             // a prompt of many rows a dense GEMM on the dequantized weight is several times
             // faster, and dequantizing is cheap next to the GEMM itself.
             let y = match q {
+                QMatMul::QTensor(qt)
+                    if rows >= INT8_GEMM_MIN_ROWS
+                        && xf.device().is_cpu()
+                        && gemm::available()
+                        && kquant_format(qt).is_some() =>
+                {
+                    kquant_gemm(qt, &xf, rows)?
+                }
                 QMatMul::QTensor(qt) if rows >= PREFILL_DEQUANT_ROWS => {
                     dense_forward(&xf, &qt.dequantize(&qt.device())?)?
                 }

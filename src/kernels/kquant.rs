@@ -1,0 +1,216 @@
+//! GGUF Q4_K and Q5_K rows as the int8 GEMM's blocks ([`super::gemm::BlockRows`]), read
+//! straight from the file's bytes, so prompts on k-quant models (the popular `Q4_K_M`) run on
+//! the integer GEMM instead of dequantize + f32 GEMM.
+//!
+//! Both formats use super-blocks of 256 weights in 8 sub-blocks of 32, each with a 6-bit scale
+//! `sc` and minimum `m` (packed in 12 bytes), and f16 `d`, `dmin` per super-block:
+//! `w = d * sc * q - dmin * m`. That is exactly a 32-block with scale `d * sc` and minimum
+//! `-dmin * m`. Layout (ggml `block_q4_K` / `block_q5_K`): `d`, `dmin`, `scales[12]`,
+//! (Q5_K: `qh[32]`, bit `2i` / `2i + 1` of byte l = fifth bit of weight l of sub-block 2i /
+//! 2i + 1), `qs[128]`: per 64 weights, 32 bytes whose low nibbles are sub-block 2i and high
+//! nibbles sub-block 2i + 1.
+use super::gemm::BlockRows;
+use super::QK;
+use half::f16;
+
+/// Weights per super-block.
+pub const QK_K: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KFormat {
+    Q4K,
+    Q5K,
+}
+
+impl KFormat {
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            KFormat::Q4K => 144,
+            KFormat::Q5K => 176,
+        }
+    }
+}
+
+/// A `[rows, cols]` Q4_K / Q5_K matrix borrowed from GGUF bytes.
+pub struct KQuantRows<'a> {
+    format: KFormat,
+    rows: usize,
+    cols: usize,
+    data: &'a [u8],
+}
+
+impl<'a> KQuantRows<'a> {
+    pub fn new(format: KFormat, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
+        if cols == 0 || !cols.is_multiple_of(QK_K) {
+            return Err(format!("[{rows}, {cols}]: rows must be a positive multiple of {QK_K}"));
+        }
+        let want = rows * cols / QK_K * format.block_bytes();
+        if data.len() != want {
+            return Err(format!(
+                "{} bytes for [{rows}, {cols}] {format:?} (expected {want})",
+                data.len()
+            ));
+        }
+        Ok(KQuantRows {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+}
+
+/// Scale and minimum (6 bits each) of sub-block `j` (ggml's `get_scale_min_k4`).
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+impl BlockRows for KQuantRows<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn has_mins(&self) -> bool {
+        true
+    }
+
+    fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
+        let bb = self.format.block_bytes();
+        let per_row = self.cols / QK_K;
+        for (bi, ((s, m), c)) in scales
+            .iter_mut()
+            .zip(mins.iter_mut())
+            .zip(codes.chunks_exact_mut(QK))
+            .enumerate()
+        {
+            let b = b0 + bi;
+            let (sb, j) = (b / 8, b % 8);
+            let blk = &self.data[(r * per_row + sb) * bb..(r * per_row + sb + 1) * bb];
+            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let dmin = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+            let (sc, mn) = scale_min(j, &blk[4..16]);
+            *s = d * sc as f32;
+            *m = -(dmin * mn as f32);
+            let shift = 4 * (j % 2) as u32;
+            match self.format {
+                KFormat::Q4K => {
+                    let qs = &blk[16 + (j / 2) * 32..16 + (j / 2) * 32 + 32];
+                    for (c, &q) in c.iter_mut().zip(qs) {
+                        *c = ((q >> shift) & 0xF) as i8;
+                    }
+                }
+                KFormat::Q5K => {
+                    let (qh, qs) = (&blk[16..48], &blk[48 + (j / 2) * 32..48 + (j / 2) * 32 + 32]);
+                    for ((c, &q), &h) in c.iter_mut().zip(qs).zip(qh) {
+                        *c = (((q >> shift) & 0xF) | (((h >> j) & 1) << 4)) as i8;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::{gemm_with, BlockActs, GemmKernel};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    fn random(ty: GgmlDType, rows: usize, cols: usize) -> (QTensor, Vec<f32>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rows as u64);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| rng.gen_range(-1.0f32..1.0) + (i % 5) as f32 * 0.1)
+            .collect();
+        let q = QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap(), ty).unwrap();
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q, deq)
+    }
+
+    /// `code * scale + min` reproduces candle's (ggml's) dequantization.
+    #[test]
+    fn unpacked_blocks_are_candles_dequantization() {
+        for (ty, f) in [(GgmlDType::Q4K, KFormat::Q4K), (GgmlDType::Q5K, KFormat::Q5K)] {
+            let (rows, cols) = (3, 512);
+            let (q, deq) = random(ty, rows, cols);
+            let data = q.data().unwrap();
+            let k = KQuantRows::new(f, rows, cols, &data).unwrap();
+            let nb = cols / QK;
+            for r in 0..rows {
+                let (mut c, mut s, mut m) = (vec![0i8; cols], vec![0f32; nb], vec![0f32; nb]);
+                k.unpack(r, 0, &mut c, &mut s, &mut m);
+                for i in 0..cols {
+                    let got = c[i] as f32 * s[i / QK] + m[i / QK];
+                    let want = deq[r * cols + i];
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{f:?} ({r},{i}): {got} vs {want}"
+                    );
+                }
+                // A chunk that starts inside a super-block.
+                let (mut c2, mut s2, mut m2) = (vec![0i8; 3 * QK], vec![0f32; 3], vec![0f32; 3]);
+                k.unpack(r, 5, &mut c2, &mut s2, &mut m2);
+                assert_eq!(&c2[..], &c[5 * QK..8 * QK]);
+                assert_eq!((&s2[..], &m2[..]), (&s[5..8], &m[5..8]));
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_on_k_quants_matches_dequantized_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for (ty, f) in [(GgmlDType::Q4K, KFormat::Q4K), (GgmlDType::Q5K, KFormat::Q5K)] {
+            let (rows, cols, n) = (35, 512, 5);
+            let (q, deq) = random(ty, rows, cols);
+            let data = q.data().unwrap();
+            let k = KQuantRows::new(f, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let a = BlockActs::new(&x, cols);
+            let y = gemm_with(&k, &a, n, GemmKernel::Scalar);
+            for r in 0..n {
+                for o in 0..rows {
+                    let (xr, wr) = (&x[r * cols..(r + 1) * cols], &deq[o * cols..(o + 1) * cols]);
+                    let want: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let round: f64 = xr
+                        .chunks_exact(QK)
+                        .zip(wr.chunks_exact(QK))
+                        .map(|(xs, ws)| {
+                            let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                            0.5 * step * ws.iter().map(|w| w.abs() as f64).sum::<f64>()
+                        })
+                        .sum();
+                    let got = y[r * rows + o] as f64;
+                    assert!(
+                        (got - want).abs() <= 1.001 * round + 1e-4,
+                        "{f:?} ({r},{o}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(KQuantRows::new(KFormat::Q4K, 2, 255, &[]).is_err());
+        assert!(KQuantRows::new(KFormat::Q4K, 2, 256, &[0; 287]).is_err());
+        assert!(KQuantRows::new(KFormat::Q5K, 1, 256, &[0; 176]).is_ok());
+    }
+}
