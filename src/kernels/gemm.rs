@@ -611,13 +611,8 @@ mod tests {
                             let xr = &x[r * cols..(r + 1) * cols];
                             let want: f64 = (0..cols).map(|i| xr[i] as f64 * w.weight(o, i)).sum();
                             let mag: f64 = (0..cols).map(|i| (xr[i] as f64 * w.weight(o, i)).abs()).sum();
-                            let round: f64 = (0..cols / QK)
-                                .map(|b| {
-                                    let xb = &xr[b * QK..(b + 1) * QK];
-                                    let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
-                                    (0..QK).map(|i| 0.5 * step * w.weight(o, b * QK + i).abs()).sum::<f64>()
-                                })
-                                .sum();
+                            let wr: Vec<f32> = (0..cols).map(|i| w.weight(o, i) as f32).collect();
+                            let round = crate::kernels::act::rounding_bound(xr, &wr, QK);
                             for (k, y) in kernels().into_iter().zip(&ys) {
                                 let got = y[r * rows + o] as f64;
                                 assert!(

@@ -189,14 +189,7 @@ mod tests {
                 for o in 0..rows {
                     let (xr, wr) = (&x[r * cols..(r + 1) * cols], &deq[o * cols..(o + 1) * cols]);
                     let want: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let round: f64 = xr
-                        .chunks_exact(QK)
-                        .zip(wr.chunks_exact(QK))
-                        .map(|(xs, ws)| {
-                            let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
-                            0.5 * step * ws.iter().map(|w| w.abs() as f64).sum::<f64>()
-                        })
-                        .sum();
+                    let round = crate::kernels::act::rounding_bound(xr, wr, QK);
                     let got = y[r * rows + o] as f64;
                     assert!(
                         (got - want).abs() <= 1.001 * round + 1e-4,

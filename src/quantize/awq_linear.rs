@@ -615,17 +615,8 @@ mod tests {
                     let mag: f32 = (0..inf).map(|i| (x[r * inf + i] * w[o * inf + i]).abs()).sum();
                     // Where groups are whole 32-blocks, x is rounded to int8: by the decode
                     // kernels per 4 values, by the int8 GEMM per 32 (half a step per value).
-                    let round = |lane: usize| -> f32 {
-                        (0..inf / lane)
-                            .map(|bk| {
-                                let xs = &x[r * inf + bk * lane..r * inf + (bk + 1) * lane];
-                                let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                                (0..lane)
-                                    .map(|i| 0.5 * step * w[o * inf + bk * lane + i].abs())
-                                    .sum::<f32>()
-                            })
-                            .sum()
-                    };
+                    let (xr, wr) = (&x[r * inf..(r + 1) * inf], &w[o * inf..(o + 1) * inf]);
+                    let round = |lane: usize| crate::kernels::act::rounding_bound(xr, wr, lane) as f32;
                     let blocks = l.blocks.is_some();
                     let decode_round = if blocks { round(4) } else { 0.0 };
                     let fast_round = match n >= INT8_GEMM_MIN_ROWS && gemm::available() {

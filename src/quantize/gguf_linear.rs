@@ -184,14 +184,7 @@ mod tests {
                                 } else {
                                     4
                                 };
-                                let round: f64 = xr
-                                    .chunks_exact(lane)
-                                    .zip(wr.chunks_exact(lane))
-                                    .map(|(xb, wb)| {
-                                        let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
-                                        0.5 * step * wb.iter().map(|w| w.abs() as f64).sum::<f64>()
-                                    })
-                                    .sum();
+                                let round = crate::kernels::act::rounding_bound(xr, wr, lane);
                                 let dense = n >= GGUF_GEMM_MIN_ROWS && !gemm::available();
                                 let tol = 1e-5 * mag + if dense { 0.0 } else { 1.001 * round };
                                 let got = y[r * out + o] as f64;
