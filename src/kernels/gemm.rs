@@ -308,11 +308,19 @@ pub fn gemm_with<W: BlockRows + ?Sized>(w: &W, a: &BlockActs, n: usize, kernel: 
                     // SAFETY: rows r0..r0+mr and columns o0..o0+width of y belong to this task
                     // alone; the SIMD kernel is only chosen when the CPU has it (asserted).
                     unsafe {
-                        let y0 = out.at(r0 * rows + o0);
+                        let t = Tile {
+                            r0,
+                            mr,
+                            b0,
+                            mins,
+                            y0: out.at(r0 * rows + o0),
+                            ld: rows,
+                            width,
+                        };
                         match kernel {
-                            GemmKernel::Scalar => scalar(&p, a, r0, mr, b0, mins, y0, rows, width),
+                            GemmKernel::Scalar => scalar(&p, a, t),
                             #[cfg(target_arch = "x86_64")]
-                            GemmKernel::Avx512Vnni => avx512::chunk(&p, a, r0, mr, b0, mins, y0, rows, width),
+                            GemmKernel::Avx512Vnni => avx512::chunk(&p, a, t),
                             #[cfg(not(target_arch = "x86_64"))]
                             GemmKernel::Avx512Vnni => unreachable!(),
                         }
@@ -325,23 +333,34 @@ pub fn gemm_with<W: BlockRows + ?Sized>(w: &W, a: &BlockActs, n: usize, kernel: 
     y
 }
 
-/// Reference micro-kernel: rows `r0..r0 + mr` against the panel, added into `y0` (row stride
-/// `ld`, `width` valid columns).
-///
-/// # Safety
-/// `y0` must point at `mr` rows of `width` writable values, `ld` apart.
-#[allow(clippy::too_many_arguments)]
-unsafe fn scalar(
-    p: &Panel,
-    a: &BlockActs,
+/// Where one micro-kernel call reads and writes: activation rows `r0..r0 + mr` from block `b0`
+/// against the packed panel, added into `y0` (row stride `ld`, `width` valid columns).
+#[derive(Clone, Copy)]
+struct Tile {
     r0: usize,
     mr: usize,
     b0: usize,
+    /// The weights have per-block minimums.
     mins: bool,
     y0: *mut f32,
     ld: usize,
     width: usize,
-) {
+}
+
+/// Reference micro-kernel.
+///
+/// # Safety
+/// `t.y0` must point at `t.mr` rows of `t.width` writable values, `t.ld` apart.
+unsafe fn scalar(p: &Panel, a: &BlockActs, t: Tile) {
+    let Tile {
+        r0,
+        mr,
+        b0,
+        mins,
+        y0,
+        ld,
+        width,
+    } = t;
     for r in 0..mr {
         let row = r0 + r;
         let xq = &a.q[row * a.cols..(row + 1) * a.cols];
@@ -376,36 +395,25 @@ unsafe fn scalar(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{BlockActs, Panel, MR, NR};
+    use super::{BlockActs, Panel, Tile, MR, NR};
     use crate::kernels::QK;
     use std::arch::x86_64::*;
 
     /// # Safety
     /// As [`super::scalar`], and the CPU must have AVX-512 F/BW/VNNI.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn chunk(
-        p: &Panel,
-        a: &BlockActs,
-        r0: usize,
-        mr: usize,
-        b0: usize,
-        mins: bool,
-        y0: *mut f32,
-        ld: usize,
-        width: usize,
-    ) {
+    pub(super) unsafe fn chunk(p: &Panel, a: &BlockActs, t: Tile) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match (mr, mins) {
-                (4, false) => rows::<4, false>(p, a, r0, b0, y0, ld, width),
-                (4, true) => rows::<4, true>(p, a, r0, b0, y0, ld, width),
-                (3, false) => rows::<3, false>(p, a, r0, b0, y0, ld, width),
-                (3, true) => rows::<3, true>(p, a, r0, b0, y0, ld, width),
-                (2, false) => rows::<2, false>(p, a, r0, b0, y0, ld, width),
-                (2, true) => rows::<2, true>(p, a, r0, b0, y0, ld, width),
-                (1, false) => rows::<1, false>(p, a, r0, b0, y0, ld, width),
-                (1, true) => rows::<1, true>(p, a, r0, b0, y0, ld, width),
+            match (t.mr, t.mins) {
+                (4, false) => rows::<4, false>(p, a, t),
+                (4, true) => rows::<4, true>(p, a, t),
+                (3, false) => rows::<3, false>(p, a, t),
+                (3, true) => rows::<3, true>(p, a, t),
+                (2, false) => rows::<2, false>(p, a, t),
+                (2, true) => rows::<2, true>(p, a, t),
+                (1, false) => rows::<1, false>(p, a, t),
+                (1, true) => rows::<1, true>(p, a, t),
                 _ => unreachable!("at most {MR} rows"),
             }
         }
@@ -413,15 +421,10 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn rows<const R: usize, const MINS: bool>(
-        p: &Panel,
-        a: &BlockActs,
-        r0: usize,
-        b0: usize,
-        y0: *mut f32,
-        ld: usize,
-        width: usize,
-    ) {
+    unsafe fn rows<const R: usize, const MINS: bool>(p: &Panel, a: &BlockActs, t: Tile) {
+        let Tile {
+            r0, b0, y0, ld, width, ..
+        } = t;
         let cp = p.codes.as_ptr();
         let xq: [*const u8; R] = std::array::from_fn(|r| a.q[(r0 + r) * a.cols + b0 * QK..].as_ptr());
         let xq2: [*const u8; R] = std::array::from_fn(|r| a.q2[(r0 + r) * a.cols + b0 * QK..].as_ptr());
