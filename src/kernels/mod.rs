@@ -15,12 +15,14 @@
 //! * [`gemm`]: many activation rows (prompt processing): an int8 GEMM with per-32-block
 //!   activation scales over weight panels unpacked into VNNI order; [`kquant`] feeds it GGUF
 //!   Q4_K / Q5_K rows.
+//! * [`half`]: f16 / bf16 weights against f32 activations (widened in registers).
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
 pub mod attention;
 pub mod dot;
 pub mod gemm;
+pub mod half;
 pub mod kquant;
 pub mod matvec;
 pub mod pack;

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::gemm;
 use crate::kernels::kquant::{KFormat, KQuantRows};
+use crate::model::half_linear::HalfLinear;
 use crate::quantize::gguf_linear::INT8_GEMM_MIN_ROWS;
 use crate::quantize::{GgufLinear, QuantLinear};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -324,7 +325,23 @@ fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 impl Linear {
     pub fn new(w: Weight, dtype: DType) -> Result<Self> {
         Ok(match w {
-            Weight::Dense(t) => Linear::dense(t.to_dtype(dtype)?),
+            Weight::Dense(t) => {
+                // Half-precision weights stay at 2 bytes on the CPU (f32 arithmetic in the
+                // kernels) rather than being upcast: half the bytes per token and the memory.
+                let half = matches!(t.dtype(), DType::F16 | DType::BF16);
+                let t = if half && dtype == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(dtype)?
+                };
+                match HalfLinear::from_tensor(&t)? {
+                    Some(h) => Linear {
+                        kind: LinearKind::Custom(h),
+                        lora: None,
+                    },
+                    None => Linear::dense(t),
+                }
+            }
             Weight::Quant(q) if GgufLinear::supports(q.dtype()) => Linear {
                 kind: LinearKind::Gguf(Arc::new(GgufLinear::from_qtensor(&q)?)),
                 lora: None,

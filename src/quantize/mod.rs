@@ -28,7 +28,7 @@ pub mod gguf_quant;
 pub mod rtn;
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 pub use at_load::LoadQuant;
@@ -75,12 +75,15 @@ pub trait QuantLinear: Send + Sync + std::fmt::Debug {
 
 /// Batches at least this large go through dequantize + GEMM instead of the decode kernels.
 pub(crate) const GEMM_MIN_ROWS: usize = 16;
-/// Output rows dequantized per GEMM call (256 x 4096 f32 = 4 MiB).
-const GEMM_TILE: usize = 256;
+/// Output rows dequantized per GEMM call (1024 x 4096 f32 = 16 MiB, reused per thread). Measured
+/// on the 7B-shape f16 pp128, 2 threads: 64 rows 54 t/s, 256 61, 1024 79, 4096 76.
+const GEMM_TILE: usize = 1024;
 
 /// `y = x W^T` for x [n, in] by dequantizing `GEMM_TILE` rows of W at a time (`dequant_row(o,
-/// dst)` fills row o) and using candle's blocked, SIMD, multithreaded GEMM: the dequantization
-/// is amortised over the n input rows.
+/// dst)` fills row o) into a GEMM: the dequantization is amortised over the n input rows.
+/// The gemm crate (candle's CPU matmul) is called directly on a reused tile buffer and writes
+/// into `y`'s columns: through tensors, each tile cost an allocation (page faults) and two
+/// copies, which took a third of the time of a 7B-shape f16 prompt.
 pub(crate) fn gemm_by_row_tiles(
     out: usize,
     inf: usize,
@@ -88,21 +91,60 @@ pub(crate) fn gemm_by_row_tiles(
     n: usize,
     dequant_row: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Result<Vec<f32>> {
-    let dev = Device::Cpu;
-    let xt = Tensor::from_slice(x, (n, inf), &dev)?;
-    let mut y = vec![0f32; n * out];
-    let mut buf = vec![0f32; GEMM_TILE.min(out) * inf];
-    for o0 in (0..out).step_by(GEMM_TILE) {
-        let rows = GEMM_TILE.min(out - o0);
-        buf[..rows * inf]
-            .par_chunks_mut(inf)
-            .enumerate()
-            .for_each(|(k, dst)| dequant_row(o0 + k, dst));
-        let wt = Tensor::from_slice(&buf[..rows * inf], (rows, inf), &dev)?;
-        let yt = xt.matmul(&wt.t()?)?.to_vec2::<f32>()?;
-        for (r, yr) in yt.iter().enumerate() {
-            y[r * out + o0..r * out + o0 + rows].copy_from_slice(yr);
-        }
+    if x.len() != n * inf {
+        return Err(Error::invalid(
+            "GEMM input",
+            format!("{} values for [{n}, {inf}]", x.len()),
+        ));
     }
+    thread_local! {
+        static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut y = vec![0f32; n * out];
+    if n == 0 || out == 0 || inf == 0 {
+        return Ok(y);
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    TILE.with_borrow_mut(|buf| {
+        buf.resize(GEMM_TILE.min(out) * inf, 0.0);
+        for o0 in (0..out).step_by(GEMM_TILE) {
+            let rows = GEMM_TILE.min(out - o0);
+            buf[..rows * inf]
+                .par_chunks_mut(inf)
+                .enumerate()
+                .for_each(|(k, dst)| dequant_row(o0 + k, dst));
+            // y[:, o0..o0 + rows] = x [n, inf] . tile^T, tile [rows, inf] row-major.
+            // SAFETY: every pointer and stride stays inside `y` (n rows of `out`, columns
+            // o0..o0 + rows), `x` (n x inf) and `buf` (rows x inf).
+            unsafe {
+                gemm::gemm(
+                    n,
+                    rows,
+                    inf,
+                    y.as_mut_ptr().add(o0),
+                    1,
+                    out as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    inf as isize,
+                    buf.as_ptr(),
+                    inf as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+    });
     Ok(y)
 }
