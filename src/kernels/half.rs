@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn widening_is_exact() {
-        for &v in &[0.0f32, -1.5, 65504.0, 1e-7, -2.718_3] {
+        for &v in &[0.0f32, -1.5, 65504.0, 1e-7, -1234.567] {
             let h = half::f16::from_f32(v);
             assert_eq!(HalfKind::F16.widen(h.to_bits()), h.to_f32());
             let b = half::bf16::from_f32(v);
