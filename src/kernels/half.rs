@@ -127,8 +127,20 @@ impl HalfMatrix {
             .max(1);
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
-                for (k, v) in yc.iter_mut().enumerate() {
-                    *v = self.dot(self.row(c * chunk + k), x);
+                let r0 = c * chunk;
+                let mut k = 0;
+                #[cfg(target_arch = "x86_64")]
+                if self.kernel == Kernel::Avx512Vnni {
+                    while k + 4 <= yc.len() {
+                        let rows = std::array::from_fn(|j| self.row(r0 + k + j));
+                        // SAFETY: AVX-512 F checked in `with_kernel`; rows have `cols` values.
+                        let v = unsafe { avx512::dot4(self.kind, rows, x) };
+                        yc[k..k + 4].copy_from_slice(&v);
+                        k += 4;
+                    }
+                }
+                for (j, v) in yc.iter_mut().enumerate().skip(k) {
+                    *v = self.dot(self.row(r0 + j), x);
                 }
             });
             return;
@@ -200,6 +212,34 @@ mod avx512 {
         for (d, &b) in dst[n..].iter_mut().zip(&w[n..]) {
             *d = kind.widen(b);
         }
+    }
+
+    /// Four rows against one `x`: four weight streams in flight, and each `x` load serves four
+    /// FMAs.
+    ///
+    /// # Safety
+    /// AVX-512 F; every `w[r].len() == x.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot4(kind: HalfKind, w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+        assert!(w.iter().all(|r| r.len() == x.len()));
+        let n = x.len();
+        let xp = x.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads within [0, n) of its row.
+        unsafe {
+            while i + 16 <= n {
+                let xv = _mm512_loadu_ps(xp.add(i));
+                for (a, r) in acc.iter_mut().zip(&w) {
+                    *a = _mm512_fmadd_ps(widen16(kind, r.as_ptr().add(i)), xv, *a);
+                }
+                i += 16;
+            }
+        }
+        std::array::from_fn(|r| {
+            let tail: f32 = w[r][i..].iter().zip(&x[i..]).map(|(&b, &v)| kind.widen(b) * v).sum();
+            _mm512_reduce_add_ps(acc[r]) + tail
+        })
     }
 
     /// # Safety
