@@ -312,9 +312,10 @@ fn quant_table_covers_load_time_formats_with_sizes_and_perplexity() {
             "{q}: {p} vs {base_ppl}"
         );
     }
-    // Weights held: f32 base; int8 about a quarter of the projections; 4-bit formats less again.
+    // Weights held: the bf16 base keeps its projections at 2 bytes (the tied embedding is f32
+    // in every row); int8 halves the projections; 4-bit formats less again.
     let w = |q| get(q, "weight_bytes");
-    assert!(w("int8") < w("base") * 0.5 && w("nf4") < w("int8") && w("q4_k") < w("q8_0"));
+    assert!(w("int8") < w("base") * 0.75 && w("nf4") < w("int8") && w("q4_k") < w("q8_0"));
     let md = std::fs::read_to_string(prefix.with_extension("md")).unwrap();
     assert!(md.lines().count() == 2 + 6 && md.contains("| nf4 |"), "{md}");
     assert!(prefix.with_extension("json").is_file());
