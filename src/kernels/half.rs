@@ -5,6 +5,7 @@
 //! Decoding is bandwidth-bound, so the kernels here read 2 bytes a weight and widen in
 //! registers (F16C `vcvtph2ps`; a bf16 is the top half of an f32). Arithmetic is f32, as with the
 //! upcast weight: only the summation order differs.
+use super::matvec::{by_weight_rows, rows_per_task};
 use super::Kernel;
 use rayon::prelude::*;
 
@@ -42,11 +43,6 @@ impl std::fmt::Debug for HalfMatrix {
         )
     }
 }
-
-/// Weight bytes per rayon task at least (a task costs about a microsecond; 64 KiB take several).
-const MIN_TASK_BYTES: usize = 64 << 10;
-/// Tasks per thread, so a thread slowed by other work on the machine is helped out.
-const TASKS_PER_THREAD: usize = 8;
 
 impl HalfMatrix {
     /// Wrap `bits` (`rows * cols` values), using the best kernel for this CPU.
@@ -116,15 +112,7 @@ impl HalfMatrix {
     /// is used for all `n` input rows while it is in cache.
     pub fn matvec(&self, x: &[f32], n: usize, y: &mut [f32]) {
         assert!(x.len() == n * self.cols && y.len() == n * self.rows);
-        let row_bytes = (self.cols * 2).max(1);
-        let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD)
-            .min(self.bytes().div_ceil(MIN_TASK_BYTES))
-            .max(1);
-        let chunk = self
-            .rows
-            .div_ceil(tasks)
-            .max(MIN_TASK_BYTES.div_ceil(row_bytes).min(self.rows))
-            .max(1);
+        let chunk = rows_per_task(self.rows, self.bytes());
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
                 let r0 = c * chunk;
@@ -145,21 +133,10 @@ impl HalfMatrix {
             });
             return;
         }
-        // Results come out [rows, n] and are transposed.
-        let mut yt = vec![0f32; n * self.rows];
-        yt.par_chunks_mut(chunk * n).enumerate().for_each(|(c, yc)| {
-            for (k, yo) in yc.chunks_exact_mut(n).enumerate() {
-                let wr = self.row(c * chunk + k);
-                for (r, v) in yo.iter_mut().enumerate() {
-                    *v = self.dot(wr, &x[r * self.cols..(r + 1) * self.cols]);
-                }
-            }
+        let cols = self.cols;
+        by_weight_rows(self.rows, n, chunk, y, |o, r| {
+            self.dot(self.row(o), &x[r * cols..(r + 1) * cols])
         });
-        for (o, yo) in yt.chunks_exact(n).enumerate() {
-            for (r, v) in yo.iter().enumerate() {
-                y[r * self.rows + o] = *v;
-            }
-        }
     }
 }
 

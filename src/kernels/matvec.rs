@@ -12,14 +12,39 @@ const MIN_TASK_BYTES: usize = 32 << 10;
 /// Tasks per thread, so a thread slowed by other work on the machine is helped out.
 const TASKS_PER_THREAD: usize = 8;
 
-/// Output rows per task for `w`.
-fn rows_per_task(w: &PackedMatrix) -> usize {
-    let bytes_per_row = (w.bytes() / w.rows).max(1);
-    let by_size = w.bytes().div_ceil(MIN_TASK_BYTES);
+/// Output rows per task for a matrix of `rows` rows holding `bytes` bytes.
+pub(crate) fn rows_per_task(rows: usize, bytes: usize) -> usize {
+    let bytes_per_row = (bytes / rows.max(1)).max(1);
+    let by_size = bytes.div_ceil(MIN_TASK_BYTES);
     let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).min(by_size).max(1);
-    w.rows
-        .div_ceil(tasks)
-        .max(MIN_TASK_BYTES.div_ceil(bytes_per_row).min(w.rows))
+    rows.div_ceil(tasks)
+        .max(MIN_TASK_BYTES.div_ceil(bytes_per_row).min(rows))
+        .max(1)
+}
+
+/// `y [n, rows]` with `y[r * rows + o] = dot(o, r)`, tasks of `chunk` weight rows: each weight
+/// row is used for all n input rows while it is in cache; results come out [rows, n] and are
+/// transposed.
+pub(crate) fn by_weight_rows(
+    rows: usize,
+    n: usize,
+    chunk: usize,
+    y: &mut [f32],
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    let mut yt = vec![0f32; n * rows];
+    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(c, yc)| {
+        for (k, yo) in yc.chunks_exact_mut(n).enumerate() {
+            for (r, v) in yo.iter_mut().enumerate() {
+                *v = dot(c * chunk + k, r);
+            }
+        }
+    });
+    for (o, yo) in yt.chunks_exact(n).enumerate() {
+        for (r, v) in yo.iter().enumerate() {
+            y[r * rows + o] = *v;
+        }
+    }
 }
 
 /// `y [n, rows] = x [n, cols] W^T` with `dot` from [`Kernel::dot_fn`] for `w.format`.
@@ -29,7 +54,7 @@ fn rows_per_task(w: &PackedMatrix) -> usize {
 pub unsafe fn matvec(w: &PackedMatrix, x: &QuantActs, dot: DotFn, y: &mut [f32]) {
     let n = x.rows();
     assert!(x.cols == w.cols && y.len() == n * w.rows);
-    let chunk = rows_per_task(w);
+    let chunk = rows_per_task(w.rows, w.bytes());
     if n == 1 {
         let xr = x.row(0);
         y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
@@ -40,21 +65,6 @@ pub unsafe fn matvec(w: &PackedMatrix, x: &QuantActs, dot: DotFn, y: &mut [f32])
         });
         return;
     }
-    // Several rows: each weight row is used for all n while it is in cache; results come out
-    // [rows, n] and are transposed.
-    let mut yt = vec![0f32; n * w.rows];
-    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(c, yc)| {
-        for (k, yo) in yc.chunks_exact_mut(n).enumerate() {
-            let wr = w.row(c * chunk + k);
-            for (r, v) in yo.iter_mut().enumerate() {
-                // SAFETY: as above.
-                *v = unsafe { dot(wr, x.row(r)) };
-            }
-        }
-    });
-    for (o, yo) in yt.chunks_exact(n).enumerate() {
-        for (r, v) in yo.iter().enumerate() {
-            y[r * w.rows + o] = *v;
-        }
-    }
+    // SAFETY: as above.
+    by_weight_rows(w.rows, n, chunk, y, |o, r| unsafe { dot(w.row(o), x.row(r)) });
 }
