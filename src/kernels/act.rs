@@ -6,7 +6,7 @@
 //! its 31 neighbours to 0 or +-1; per 4 values that damage stays local, at the cost of a
 //! multiply per 16 lanes in the kernels. Per 32-block, `s = sum(d_lane * q)` (the block's
 //! dequantized sum) carries the codes' offsets and Q4_1's minimums (see [`super::dot`]).
-use super::QK;
+use super::{abs_max, low_byte, QK};
 
 /// Values sharing one activation scale.
 pub const LANE: usize = 4;
@@ -89,12 +89,12 @@ pub fn rounding_bound(x: &[f32], w: &[f32], lane: usize) -> f64 {
 fn quantize_block(x: &[f32; QK], q: &mut [i8; QK], d: &mut [f32; QK / LANE]) -> f32 {
     let mut s = 0f32;
     for ((xl, ql), dl) in x.chunks_exact(LANE).zip(q.chunks_exact_mut(LANE)).zip(d.iter_mut()) {
-        let amax = xl.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = abs_max(xl);
         *dl = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (qi, &xi) in ql.iter_mut().zip(xl) {
-            let v = (xi * id).round().clamp(-127.0, 127.0) as i8;
+            let v = low_byte((xi * id).round().clamp(-127.0, 127.0)) as i8;
             *qi = v;
             sum += v as i32;
         }

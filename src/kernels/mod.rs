@@ -33,3 +33,55 @@ pub use pack::{BlockFormat, PackedMatrix};
 
 /// Weights per GGUF block of the formats handled here.
 pub const QK: usize = 32;
+
+/// An integer-valued `v` (`|v| < 2^22`) as the low byte of its two's complement. Adding
+/// 1.5 * 2^23 puts the integer in the mantissa's low bits, so this is a float add and a mask:
+/// Rust's saturating `as` conversion is not vectorised by the compiler, and in the activation
+/// quantizers it ran one element at a time (most of their cost). NaN gives 0, never UB.
+#[inline(always)]
+pub(crate) fn low_byte(v: f32) -> u8 {
+    (v + 12_582_912.0).to_bits() as u8
+}
+
+/// `max(|x_i|)` (0 for none) in 16 independent lanes. The comparison form, unlike `f32::max`,
+/// maps to `vmaxps`, so the loop vectorises; NaNs are skipped as `f32::max` skips them.
+#[inline(always)]
+pub(crate) fn abs_max(x: &[f32]) -> f32 {
+    let mut m = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    for (m, &v) in m.iter_mut().zip(tail) {
+        let a = v.abs();
+        *m = if a > *m { a } else { *m };
+    }
+    m.into_iter().fold(0.0, |a, b| if b > a { b } else { a })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_byte_is_the_twos_complement_byte() {
+        for v in -200..=300 {
+            assert_eq!(low_byte(v as f32), v as u8, "{v}");
+        }
+        assert_eq!(low_byte(f32::NAN), 0);
+    }
+
+    #[test]
+    fn abs_max_matches_a_plain_fold() {
+        for n in [0, 1, 4, 15, 16, 17, 32, 33] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.1).collect();
+            let want = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(abs_max(&x), want, "{n}");
+        }
+        assert_eq!(abs_max(&[f32::NAN, -2.0]), 2.0);
+    }
+}
