@@ -15,6 +15,9 @@ use std::arch::x86_64::*;
 const CHUNK: usize = 16;
 /// Activation lanes per block.
 const LANES: usize = QK / LANE;
+/// How far ahead (bytes of codes) the kernels prefetch. The hardware prefetcher alone left
+/// Q4_0 decoding at 45 t/s on the 7B shape (2 threads); 512 bytes ahead gave 47-48.
+const PREFETCH: usize = 512;
 
 /// Lane indices spreading scales `2j` and `2j + 1` over lanes 0..8 and 8..16.
 #[inline]
@@ -104,6 +107,7 @@ pub unsafe fn dot_q8_0(w: WRow<'_>, x: ActRow<'_>) -> f32 {
         corr = _mm512_fmadd_ps(d, unsafe { load_s(&x, b, n) }, corr);
         for j in 0..n / 2 {
             let at = (b + 2 * j) * QK;
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(at + PREFETCH) as *const i8);
             // SAFETY: blocks b+2j and b+2j+1 exist.
             let (c, q) = unsafe {
                 (
@@ -156,6 +160,9 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
         corr = _mm512_fmadd_ps(if MIN { unsafe { load_f16(w.mins, b, n) } } else { d }, xs, corr);
         for g in 0..n / GROUP {
             let bg = b + g * GROUP;
+            // A software prefetch PREFETCH bytes ahead (rows are contiguous, so past a row's end
+            // this is the next row's start; prefetches never fault).
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(bg * 16 + PREFETCH) as *const i8);
             // SAFETY: the group's 4 blocks exist.
             let (c, q_lo, q_hi) = unsafe {
                 (
