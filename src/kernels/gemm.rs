@@ -75,7 +75,9 @@ fn quantize32(x: &[f32; QK], q: &mut [u8; QK]) -> f32 {
     let amax = abs_max(x);
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (qi, &xi) in q.iter_mut().zip(x) {
-        *qi = low_byte((xi * id).round().clamp(-127.0, 127.0) + 128.0);
+        // `^ 0x80` adds the offset 128 and keeps NaN (0 * inf when amax is tiny) at code 128,
+        // as the old `as i32` cast did.
+        *qi = low_byte((xi * id).round().clamp(-127.0, 127.0)) ^ 0x80;
     }
     amax / 127.0
 }
@@ -100,11 +102,11 @@ fn is_outlier_block(xb: &[f32; QK], d: f32) -> bool {
         }
     }
     let approx = OUTLIER_RATIO * lanes.iter().sum::<f32>();
-    // Both sums of 32 non-negative values are within 32 ulp-steps (2^-24 each) of the exact one.
+    // Relative error: in order at most 31 * 2^-24, lane-wise 16 * 2^-24; the slack is 128 * 2^-24.
     let slack = approx * (64.0 * f32::EPSILON);
     if lhs > approx + slack {
         true
-    } else if lhs < approx - slack {
+    } else if lhs <= approx - slack {
         false
     } else {
         lhs > OUTLIER_RATIO * xb.iter().map(|v| v.abs()).sum::<f32>()
@@ -676,6 +678,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The vectorised quantizer and outlier test give the bytes of the plain formulas.
+    #[test]
+    fn block_quantizer_matches_the_plain_formulas() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let plain = |x: &[f32; QK]| -> ([u8; QK], bool) {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let q = std::array::from_fn(|i| ((x[i] * id).round().clamp(-127.0, 127.0) as i32 + 128) as u8);
+            let sum: f32 = x.iter().map(|v| v.abs()).sum();
+            (q, amax / 127.0 * 127.0 * QK as f32 > OUTLIER_RATIO * sum)
+        };
+        let mut blocks: Vec<[f32; QK]> = (0..2000)
+            .map(|k| {
+                let scale = 10f32.powi(k % 7 - 3);
+                std::array::from_fn(|_| rng.gen_range(-1.0f32..1.0) * scale)
+            })
+            .collect();
+        // Ties at .5 steps, a tiny block (127 / amax is inf, so 0 * inf is NaN), zeros.
+        blocks.push(std::array::from_fn(|i| (i as f32 - 16.0) * 0.5));
+        blocks.push(std::array::from_fn(|i| if i == 3 { 1e-38 } else { 0.0 }));
+        blocks.push([0.0; QK]);
+        // Blocks at the outlier threshold: one value r times the others, r swept finely.
+        for k in 0..400 {
+            let mut x = [1.0f32; QK];
+            x[7] = 4.0 * 31.0 / 28.0 + (k as f32 - 200.0) * 1e-6;
+            blocks.push(x);
+        }
+        for x in &blocks {
+            let (want_q, want_outlier) = plain(x);
+            let mut q = [0u8; QK];
+            let d = quantize32(x, &mut q);
+            assert_eq!(q, want_q, "{x:?}");
+            assert_eq!(is_outlier_block(x, d), want_outlier, "{x:?}");
         }
     }
 

@@ -37,7 +37,8 @@ pub const QK: usize = 32;
 /// An integer-valued `v` (`|v| < 2^22`) as the low byte of its two's complement. Adding
 /// 1.5 * 2^23 puts the integer in the mantissa's low bits, so this is a float add and a mask:
 /// Rust's saturating `as` conversion is not vectorised by the compiler, and in the activation
-/// quantizers it ran one element at a time (most of their cost). NaN gives 0, never UB.
+/// quantizers it ran one element at a time (most of their cost). A NaN gives the low byte of
+/// its payload (0 for the NaNs arithmetic makes).
 #[inline(always)]
 pub(crate) fn low_byte(v: f32) -> u8 {
     (v + 12_582_912.0).to_bits() as u8

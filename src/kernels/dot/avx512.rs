@@ -16,7 +16,7 @@ const CHUNK: usize = 16;
 /// Activation lanes per block.
 const LANES: usize = QK / LANE;
 /// How far ahead (bytes of codes) the kernels prefetch. The hardware prefetcher alone left
-/// Q4_0 decoding at 45 t/s on the 7B shape (2 threads); 512 bytes ahead gave 47-48.
+/// Q4_0 decoding at about 45 t/s on the 7B shape (2 threads); 512 bytes ahead gave about 47.
 const PREFETCH: usize = 512;
 
 /// Lane indices spreading scales `2j` and `2j + 1` over lanes 0..8 and 8..16.
