@@ -15,11 +15,13 @@
 //! * [`gemm`]: many activation rows (prompt processing): an int8 GEMM with per-32-block
 //!   activation scales over weight panels unpacked into VNNI order; [`kquant`] feeds it GGUF
 //!   Q4_K / Q5_K rows.
-//! * [`half`]: f16 / bf16 weights against f32 activations (widened in registers).
+//! * [`half`]: f16 / bf16 weights against f32 activations (widened in registers);
+//!   [`bf16_gemm`]: bf16 weights against bf16 activations for prompts (AVX-512 BF16).
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
 pub mod attention;
+pub mod bf16_gemm;
 pub mod dot;
 pub mod gemm;
 pub mod half;

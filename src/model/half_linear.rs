@@ -1,7 +1,9 @@
 //! f16 / bf16 weights kept at 2 bytes for f32 (or bf16) inference on the CPU, behind
 //! `LinearKind::Custom`: decode rows go through [`crate::kernels::half`], prompts widen a tile
-//! of weight rows at a time into candle's f32 GEMM (the widening is amortised over the rows).
+//! of weight rows at a time into candle's f32 GEMM (the widening is amortised over the rows), or,
+//! for bf16 weights and bf16 activations, run [`crate::kernels::bf16_gemm`].
 use crate::error::{Error, Result};
+use crate::kernels::bf16_gemm;
 use crate::kernels::half::{HalfKind, HalfMatrix};
 use crate::quantize::{gemm_by_row_tiles, QuantLinear};
 use candle_core::{DType, Tensor};
@@ -52,6 +54,13 @@ impl QuantLinear for HalfLinear {
 
     fn forward_f32(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         if n >= HALF_GEMM_MIN_ROWS {
+            // bf16 compute: the activations are bf16 values, and bf16 products are exact in
+            // f32, so the bf16-dot GEMM gives the widened GEMM's result at twice its speed.
+            if self.w.kind == HalfKind::Bf16 && bf16_gemm::available() {
+                if let Some(xb) = bf16_gemm::exact_bf16(x, self.w.cols) {
+                    return Ok(bf16_gemm::gemm(&self.w, &xb, n, true));
+                }
+            }
             return gemm_by_row_tiles(self.w.rows, self.w.cols, x, n, |o, dst| self.w.widen_row(o, dst));
         }
         let mut y = vec![0f32; n * self.w.rows];
@@ -87,8 +96,18 @@ mod tests {
             let lin = HalfLinear::from_tensor(&wh).unwrap().unwrap();
             assert_eq!(lin.storage_bytes(), 70 * 96 * 2);
             let wf = wh.to_dtype(DType::F32).unwrap();
-            for n in [1, 3, HALF_GEMM_MIN_ROWS, 20] {
+            // f32 activations, and activations that are bf16 values (bf16 compute: the
+            // bf16-dot GEMM where the CPU has it).
+            let inputs = [1, 3, HALF_GEMM_MIN_ROWS, 20]
+                .into_iter()
+                .flat_map(|n| [(n, false), (n, true)]);
+            for (n, bf16_acts) in inputs {
                 let x = Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap();
+                let x = if bf16_acts {
+                    x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+                } else {
+                    x
+                };
                 let want = x.matmul(&wf.t().unwrap()).unwrap();
                 let got = lin.forward(&x).unwrap();
                 let d = (got - &want)
@@ -99,7 +118,7 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert!(d < 1e-4, "{dt:?} n={n}: max diff {d}");
+                assert!(d < 1e-4, "{dt:?} n={n} bf16 activations {bf16_acts}: max diff {d}");
             }
             assert_eq!(
                 lin.dequantize_weight(),
