@@ -12,6 +12,7 @@
 //! are repacked into pairs `[k / 2][32][2]`, so one 64-byte load is the pairs of 16 rows and
 //! `vdpbf16ps(acc, pairs, broadcast activation pair)` adds two products to each of 16 outputs.
 use super::half::HalfMatrix;
+use super::SharedOut;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -74,17 +75,12 @@ pub fn gemm(w: &HalfMatrix, xb: &[u16], n: usize, simd: bool) -> Vec<f32> {
     assert!(cols.is_multiple_of(2) && xb.len() == n * cols);
     assert!(!simd || available(), "no AVX-512 BF16 on this CPU");
     let mut y = vec![0f32; n * rows];
-    // Each panel writes its own 32 columns of y: split y by panel through a raw pointer.
-    let out = Out(y.as_mut_ptr());
+    // Each panel task writes only its own 32 columns of y.
+    let out = SharedOut(y.as_mut_ptr());
     (0..rows.div_ceil(NR)).into_par_iter().for_each(|pi| {
         PANEL.with(|cell| {
-            // A nested call on this thread (work stealing inside a kernel) gets its own buffer.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let panel = match guard.as_deref_mut() {
-                Ok(p) => p,
-                Err(_) => &mut own,
-            };
+            // Nothing below calls into rayon, so a task never re-enters this thread's buffer.
+            let panel = &mut *cell.borrow_mut();
             let o0 = pi * NR;
             let width = NR.min(rows - o0);
             for k0 in (0..cols).step_by(KC) {
@@ -114,20 +110,6 @@ pub fn gemm(w: &HalfMatrix, xb: &[u16], n: usize, simd: bool) -> Vec<f32> {
         });
     });
     y
-}
-
-/// `y` shared by the panel tasks, each writing its own columns.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint columns (see `gemm`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Through a method, so closures capture the wrapper and not its raw field.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// One micro-kernel call: `rows` activation rows from `x` (stride `ldx`, `pairs` column pairs)

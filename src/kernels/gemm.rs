@@ -15,7 +15,7 @@
 //! starting each block's sum at `-128 * sum(codes)`, computed when packing. Per block then
 //! `y += d_w * d_x * isum (+ m_w * s_x)`, with `s_x = d_x * sum(q)` for formats with a
 //! minimum (Q4_1, AWQ's `-z * s`). Q4_0's `-8` offset is folded into its codes (`c - 8`).
-use super::{abs_max, low_byte, QK};
+use super::{abs_max, low_byte, SharedOut, QK};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -295,20 +295,6 @@ pub fn available() -> bool {
     super::Kernel::Avx512Vnni.is_available()
 }
 
-/// A raw pointer to `y` shared by the panel tasks, which write disjoint columns.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes only its own panel's columns of y (see `gemm_with`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Through a method, so closures capture the `Send` wrapper and not its raw field.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// Which micro-kernel computes a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmKernel {
@@ -340,7 +326,8 @@ pub fn gemm_with<W: BlockRows + ?Sized>(w: &W, a: &BlockActs, n: usize, kernel: 
         "no AVX-512 VNNI on this CPU"
     );
     let mut y = vec![0f32; n * rows];
-    let out = Out(y.as_mut_ptr());
+    // Each panel task writes only its own columns of y.
+    let out = SharedOut(y.as_mut_ptr());
     let mins = w.has_mins();
     (0..rows.div_ceil(NR)).into_par_iter().for_each(|pi| {
         PANEL.with(|cell| {

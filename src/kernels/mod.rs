@@ -36,6 +36,21 @@ pub use pack::{BlockFormat, PackedMatrix};
 /// Weights per GGUF block of the formats handled here.
 pub const QK: usize = 32;
 
+/// An output buffer shared by parallel tasks that each write their own disjoint part (the
+/// GEMMs' panels write their own columns of every row, which slices cannot express).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: users write disjoint elements from each task and keep the buffer alive across the tasks.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Through a method, so closures capture the `Send` wrapper and not its raw field.
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// An integer-valued `v` (`|v| < 2^22`) as the low byte of its two's complement. Adding
 /// 1.5 * 2^23 puts the integer in the mantissa's low bits, so this is a float add and a mask:
 /// Rust's saturating `as` conversion is not vectorised by the compiler, and in the activation
