@@ -10,6 +10,10 @@
 //! in its low nibble and weight 64 + j in its high nibble, so masking 64 loaded bytes gives two
 //! whole blocks of codes and shifting them the next two. Blocks after the last whole group keep
 //! the GGUF nibble order.
+//!
+//! [`BlockFormat::Q4_1G`] is not a GGUF format: Q4_1's codes and values with one scale and
+//! minimum per group of four blocks (128 weights, AutoAWQ's default group), which keeps an
+//! AWQ layer at 4.25 bits a weight where per-block Q4_1 takes 5. Its rows hold whole groups only.
 use super::QK;
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -22,6 +26,8 @@ pub enum BlockFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    /// Q4_1 codes with one scale and minimum per [`GROUP`] blocks (see the module docs).
+    Q4_1G,
 }
 
 impl BlockFormat {
@@ -34,20 +40,23 @@ impl BlockFormat {
         }
     }
 
-    pub fn ggml(self) -> GgmlDType {
+    /// The GGUF type (none for [`BlockFormat::Q4_1G`]).
+    pub fn ggml(self) -> Option<GgmlDType> {
         match self {
-            BlockFormat::Q8_0 => GgmlDType::Q8_0,
-            BlockFormat::Q4_0 => GgmlDType::Q4_0,
-            BlockFormat::Q4_1 => GgmlDType::Q4_1,
+            BlockFormat::Q8_0 => Some(GgmlDType::Q8_0),
+            BlockFormat::Q4_0 => Some(GgmlDType::Q4_0),
+            BlockFormat::Q4_1 => Some(GgmlDType::Q4_1),
+            BlockFormat::Q4_1G => None,
         }
     }
 
-    /// Bytes of one block in a GGUF file.
-    pub const fn gguf_block_bytes(self) -> usize {
+    /// Bytes of one block in a GGUF file (none for [`BlockFormat::Q4_1G`]).
+    pub const fn gguf_block_bytes(self) -> Option<usize> {
         match self {
-            BlockFormat::Q8_0 => 34,
-            BlockFormat::Q4_0 => 18,
-            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => Some(34),
+            BlockFormat::Q4_0 => Some(18),
+            BlockFormat::Q4_1 => Some(20),
+            BlockFormat::Q4_1G => None,
         }
     }
 
@@ -55,8 +64,21 @@ impl BlockFormat {
     pub const fn code_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => QK,
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 => QK / 2,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_1G => QK / 2,
         }
+    }
+
+    /// Blocks sharing one scale (and minimum).
+    pub const fn blocks_per_scale(self) -> usize {
+        match self {
+            BlockFormat::Q4_1G => GROUP,
+            _ => 1,
+        }
+    }
+
+    /// Whether values carry a minimum (`c * d + m`).
+    pub const fn has_mins(self) -> bool {
+        matches!(self, BlockFormat::Q4_1 | BlockFormat::Q4_1G)
     }
 }
 
@@ -70,9 +92,9 @@ pub struct PackedMatrix {
     pub blocks: usize,
     /// `[rows, blocks * code_bytes]`.
     pub codes: Vec<u8>,
-    /// `[rows, blocks]`.
+    /// `[rows, blocks / blocks_per_scale]`.
     pub scales: Vec<f16>,
-    /// `[rows, blocks]` for Q4_1, empty otherwise.
+    /// As `scales` for Q4_1 and Q4_1G, empty otherwise.
     pub mins: Vec<f16>,
 }
 
@@ -81,7 +103,7 @@ pub struct PackedMatrix {
 pub struct WRow<'a> {
     pub codes: &'a [u8],
     pub scales: &'a [f16],
-    /// Q4_1 only (empty otherwise).
+    /// Q4_1 and Q4_1G only (empty otherwise).
     pub mins: &'a [f16],
 }
 
@@ -109,7 +131,9 @@ impl PackedMatrix {
             ));
         }
         let blocks = cols / QK;
-        let bb = format.gguf_block_bytes();
+        let Some(bb) = format.gguf_block_bytes() else {
+            return Err(format!("{format:?} is not a GGUF block format"));
+        };
         if data.len() != rows * blocks * bb {
             return Err(format!(
                 "{} bytes for [{rows}, {cols}] {format:?} (expected {})",
@@ -133,7 +157,7 @@ impl PackedMatrix {
                 m.scales.push(f16_at(blk, 0));
                 match format {
                     BlockFormat::Q8_0 => codes[b * QK..(b + 1) * QK].copy_from_slice(&blk[2..]),
-                    BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                    BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_1G => {
                         let qs = if format == BlockFormat::Q4_1 {
                             m.mins.push(f16_at(blk, 2));
                             &blk[4..]
@@ -152,15 +176,64 @@ impl PackedMatrix {
         Ok(m)
     }
 
+    /// A [`BlockFormat::Q4_1G`] matrix: `codes` `[rows, cols]` (0..=15, one per weight) and per
+    /// row and group of 128 a scale and minimum (`[rows, cols / 128]`); `cols` a positive
+    /// multiple of 128.
+    pub fn q4_1_grouped(
+        rows: usize,
+        cols: usize,
+        codes: &[u8],
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+    ) -> Result<Self, String> {
+        let gw = GROUP * QK;
+        if !cols.is_multiple_of(gw) || cols == 0 || rows == 0 {
+            return Err(format!(
+                "[{rows}, {cols}]: the row length must be a positive multiple of {gw}"
+            ));
+        }
+        let groups = rows * cols / gw;
+        if codes.len() != rows * cols || scales.len() != groups || mins.len() != groups {
+            return Err(format!(
+                "{} codes, {} scales and {} minimums for [{rows}, {cols}] (expected {}, {groups}, {groups})",
+                codes.len(),
+                scales.len(),
+                mins.len(),
+                rows * cols
+            ));
+        }
+        if let Some(c) = codes.iter().find(|&&c| c > 15) {
+            return Err(format!("code {c} does not fit 4 bits"));
+        }
+        let blocks = cols / QK;
+        let mut packed = vec![0u8; rows * blocks * 16];
+        for (src, dst) in codes.chunks_exact(cols).zip(packed.chunks_exact_mut(blocks * 16)) {
+            for (i, &c) in src.iter().enumerate() {
+                let (at, shift) = q4_pos(blocks, i / QK, i % QK);
+                dst[at] |= c << shift;
+            }
+        }
+        Ok(PackedMatrix {
+            format: BlockFormat::Q4_1G,
+            rows,
+            cols,
+            blocks,
+            codes: packed,
+            scales,
+            mins,
+        })
+    }
+
     pub fn row(&self, r: usize) -> WRow<'_> {
         let (nb, cb) = (self.blocks, self.format.code_bytes());
+        let ns = nb / self.format.blocks_per_scale();
         WRow {
             codes: &self.codes[r * nb * cb..(r + 1) * nb * cb],
-            scales: &self.scales[r * nb..(r + 1) * nb],
+            scales: &self.scales[r * ns..(r + 1) * ns],
             mins: if self.mins.is_empty() {
                 &[]
             } else {
-                &self.mins[r * nb..(r + 1) * nb]
+                &self.mins[r * ns..(r + 1) * ns]
             },
         }
     }
@@ -176,7 +249,7 @@ impl PackedMatrix {
     pub fn code(&self, w: &WRow, b: usize, i: usize) -> i32 {
         match self.format {
             BlockFormat::Q8_0 => w.codes[b * QK + i] as i8 as i32,
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_1G => {
                 let (at, shift) = q4_pos(self.blocks, b, i);
                 ((w.codes[at] >> shift) & 0xF) as i32
             }
@@ -186,8 +259,9 @@ impl PackedMatrix {
     /// Row `r` as f32, computed exactly as candle's (and ggml's) dequantization.
     pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
         let w = self.row(r);
+        let per = self.format.blocks_per_scale();
         for (b, out) in dst[..self.cols].chunks_exact_mut(QK).enumerate() {
-            let d = w.scales[b].to_f32();
+            let d = w.scales[b / per].to_f32();
             match self.format {
                 BlockFormat::Q8_0 => {
                     for (i, v) in out.iter_mut().enumerate() {
@@ -199,8 +273,8 @@ impl PackedMatrix {
                         *v = (self.code(&w, b, i) - 8) as f32 * d;
                     }
                 }
-                BlockFormat::Q4_1 => {
-                    let m = w.mins[b].to_f32();
+                BlockFormat::Q4_1 | BlockFormat::Q4_1G => {
+                    let m = w.mins[b / per].to_f32();
                     for (i, v) in out.iter_mut().enumerate() {
                         *v = self.code(&w, b, i) as f32 * d + m;
                     }
@@ -221,18 +295,19 @@ impl super::gemm::BlockRows for PackedMatrix {
     }
 
     fn has_mins(&self) -> bool {
-        self.format == BlockFormat::Q4_1
+        self.format.has_mins()
     }
 
     fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
         let nb = scales.len();
         let w = self.row(r);
-        for (s, d) in scales.iter_mut().zip(&w.scales[b0..b0 + nb]) {
-            *s = d.to_f32();
+        let per = self.format.blocks_per_scale();
+        for (k, s) in scales.iter_mut().enumerate() {
+            *s = w.scales[(b0 + k) / per].to_f32();
         }
-        if self.format == BlockFormat::Q4_1 {
-            for (s, m) in mins.iter_mut().zip(&w.mins[b0..b0 + nb]) {
-                *s = m.to_f32();
+        if self.format.has_mins() {
+            for (k, s) in mins.iter_mut().enumerate() {
+                *s = w.mins[(b0 + k) / per].to_f32();
             }
         }
         let codes = &mut codes[..nb * QK];
@@ -281,7 +356,21 @@ pub(crate) mod tests {
             .map(|i| rng.gen_range(-1.0f32..1.0) * if i % 7 == 0 { 3.0 } else { 1.0 } + 0.1)
             .collect();
         let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-        QTensor::quantize(&t, format.ggml()).unwrap()
+        QTensor::quantize(&t, format.ggml().unwrap()).unwrap()
+    }
+
+    /// A random [`BlockFormat::Q4_1G`] matrix (codes over the whole range, mixed-sign minimums).
+    pub(crate) fn random_q4_1g(rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..16u8)).collect();
+        let groups = rows * cols / 128;
+        let scales = (0..groups)
+            .map(|_| f16::from_f32(rng.gen_range(0.001f32..0.05)))
+            .collect();
+        let mins = (0..groups)
+            .map(|_| f16::from_f32(rng.gen_range(-0.4f32..0.1)))
+            .collect();
+        PackedMatrix::q4_1_grouped(rows, cols, &codes, scales, mins).unwrap()
     }
 
     pub(crate) fn pack(q: &QTensor) -> PackedMatrix {
@@ -312,6 +401,42 @@ pub(crate) mod tests {
                 assert!(same, "{f:?} [{rows}, {cols}]");
             }
         }
+    }
+
+    #[test]
+    fn grouped_q4_1_keeps_codes_scales_and_minimums() {
+        let (rows, cols) = (3, 384);
+        let codes: Vec<u8> = (0..rows * cols).map(|i| ((i * 7 + i / 5) % 16) as u8).collect();
+        let scales: Vec<f16> = (0..rows * 3).map(|g| f16::from_f32(0.01 * (g + 1) as f32)).collect();
+        let mins: Vec<f16> = (0..rows * 3).map(|g| f16::from_f32(-0.05 * g as f32)).collect();
+        let m = PackedMatrix::q4_1_grouped(rows, cols, &codes, scales.clone(), mins.clone()).unwrap();
+        assert_eq!(m.bytes(), rows * cols / 2 + 4 * rows * 3);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.dequantize_row(r, &mut row);
+            for (i, &v) in row.iter().enumerate() {
+                let g = r * 3 + i / 128;
+                let c = codes[r * cols + i];
+                assert_eq!(m.code(&m.row(r), i / QK, i % QK), c as i32);
+                assert_eq!(v, c as f32 * scales[g].to_f32() + mins[g].to_f32(), "row {r} input {i}");
+            }
+        }
+        // The int8 GEMM's view spreads each group's scale and minimum over its four blocks.
+        use crate::kernels::gemm::BlockRows;
+        let (mut c, mut s, mut mn) = (vec![0i8; 6 * QK], vec![0f32; 6], vec![0f32; 6]);
+        m.unpack(1, 2, &mut c, &mut s, &mut mn);
+        for k in 0..6 {
+            let g = 3 + (2 + k) / 4;
+            assert_eq!((s[k], mn[k]), (scales[g].to_f32(), mins[g].to_f32()), "block {k}");
+        }
+        assert!(c
+            .iter()
+            .zip(&codes[cols + 64..cols + 64 + 6 * QK])
+            .all(|(&a, &b)| a as u8 == b));
+        assert!(PackedMatrix::q4_1_grouped(1, 96, &[0; 96], vec![f16::ZERO], vec![f16::ZERO]).is_err());
+        assert!(PackedMatrix::q4_1_grouped(1, 128, &[16; 128], vec![f16::ZERO], vec![f16::ZERO]).is_err());
+        assert!(PackedMatrix::q4_1_grouped(1, 128, &[0; 128], vec![], vec![f16::ZERO]).is_err());
+        assert!(PackedMatrix::from_gguf(BlockFormat::Q4_1G, 1, 128, &[0; 80]).is_err());
     }
 
     #[test]

@@ -113,3 +113,47 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     }
     hsum_ps(_mm256_add_ps(acc[0], acc[1])) + corr
 }
+
+/// Q4_1G: Q4_1 values with one scale and minimum per group of [`GROUP`] blocks.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` and `x` must have the same number of blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1g(w: WRow<'_>, x: ActRow<'_>) -> f32 {
+    let ng = w.scales.len();
+    let nb = ng * GROUP;
+    assert!(w.codes.len() == nb * 16 && x.q.len() == nb * QK && x.d.len() == nb * QK / LANE && x.s.len() == nb);
+    assert!(w.mins.len() == ng);
+    let (cp, qp) = (w.codes.as_ptr(), x.q.as_ptr());
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut corr = 0f32;
+    let xd = |b: usize| {
+        // SAFETY: block b's 8 lane scales exist (asserted lengths; b < nb).
+        unsafe { _mm256_loadu_ps(x.d.as_ptr().add(b * (QK / LANE))) }
+    };
+    for g in 0..ng {
+        // Per group: the lane-scaled sums of its four blocks, then the group's scale once.
+        let mut t = [_mm256_setzero_ps(); 2];
+        for h in 0..2 {
+            let (b_lo, b_hi) = (g * GROUP + h, g * GROUP + 2 + h);
+            // SAFETY: the group's blocks are within both rows (asserted lengths).
+            let (c, q_lo, q_hi) = unsafe {
+                (
+                    _mm256_loadu_si256(cp.add(g * 64 + h * 32) as *const __m256i),
+                    _mm256_loadu_si256(qp.add(b_lo * QK) as *const __m256i),
+                    _mm256_loadu_si256(qp.add(b_hi * QK) as *const __m256i),
+                )
+            };
+            let lo = _mm256_and_si256(c, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+            t[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8i8(lo, q_lo)), xd(b_lo), t[0]);
+            t[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8i8(hi, q_hi)), xd(b_hi), t[1]);
+        }
+        let d = _mm256_set1_ps(w.scales[g].to_f32());
+        acc[g & 1] = _mm256_fmadd_ps(_mm256_add_ps(t[0], t[1]), d, acc[g & 1]);
+        let xs = &x.s[g * GROUP..(g + 1) * GROUP];
+        corr += w.mins[g].to_f32() * ((xs[0] + xs[1]) + (xs[2] + xs[3]));
+    }
+    hsum_ps(_mm256_add_ps(acc[0], acc[1])) + corr
+}

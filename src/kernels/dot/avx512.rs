@@ -205,3 +205,57 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     }
     total
 }
+
+/// Q4_1G: Q4_1 values with one scale and minimum per group of [`GROUP`] blocks; one 64-byte
+/// load of codes is one group.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `w` and `x` must have the same
+/// number of blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q4_1g(w: WRow<'_>, x: ActRow<'_>) -> f32 {
+    let ng = w.scales.len();
+    let nb = ng * GROUP;
+    assert!(w.codes.len() == nb * 16 && x.q.len() == nb * QK && x.d.len() == nb * LANES && x.s.len() == nb);
+    assert!(w.mins.len() == ng);
+    let (cp, qp, dp) = (w.codes.as_ptr(), x.q.as_ptr(), x.d.as_ptr());
+    let m4 = _mm512_set1_epi8(0x0F);
+    // Lane l of a 16-block sum vector belongs to group l / 4 of the four loaded minimums.
+    let quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut corr = _mm512_setzero_ps();
+    for g0 in (0..ng).step_by(CHUNK) {
+        let n = CHUNK.min(ng - g0);
+        // SAFETY: groups g0..g0+n exist (asserted lengths).
+        let d = unsafe { load_f16(w.scales, g0, n) };
+        for q4 in (0..n).step_by(4) {
+            let k = 4.min(n - q4);
+            // SAFETY: groups g0+q4..g0+q4+k and their 4k blocks exist.
+            let (m, xs) = unsafe { (load_f16(w.mins, g0 + q4, k), load_s(&x, (g0 + q4) * GROUP, k * GROUP)) };
+            corr = _mm512_fmadd_ps(_mm512_permutexvar_ps(quad, m), xs, corr);
+        }
+        for j in 0..n {
+            let g = g0 + j;
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g * 64 + PREFETCH) as *const i8);
+            // SAFETY: group g's 64 code bytes, 128 activations and 32 lane scales exist.
+            let (c, q_lo, q_hi, xd_lo, xd_hi) = unsafe {
+                (
+                    _mm512_loadu_si512(cp.add(g * 64) as *const __m512i),
+                    _mm512_loadu_si512(qp.add(g * 128) as *const __m512i),
+                    _mm512_loadu_si512(qp.add(g * 128 + 64) as *const __m512i),
+                    _mm512_loadu_ps(dp.add(g * GROUP * LANES)),
+                    _mm512_loadu_ps(dp.add(g * GROUP * LANES + 16)),
+                )
+            };
+            let lo = _mm512_and_si512(c, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
+            let p_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q_lo);
+            let p_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, q_hi);
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(p_lo), xd_lo);
+            let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_hi), xd_hi, t);
+            let dg = _mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), d);
+            acc[j & 1] = _mm512_fmadd_ps(t, dg, acc[j & 1]);
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + _mm512_reduce_add_ps(corr)
+}

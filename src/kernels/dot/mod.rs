@@ -4,7 +4,8 @@
 //! block's dequantized activation sum `xs = sum(xd * q)`:
 //! * Q8_0 (`w = c * d`): `d * sum_lanes(xd * sum(c q))`;
 //! * Q4_0 (`w = (c - 8) * d`): `d * sum_lanes(xd * sum(c q)) - 8 * d * xs`;
-//! * Q4_1 (`w = c * d + m`): `d * sum_lanes(xd * sum(c q)) + m * xs`.
+//! * Q4_1 (`w = c * d + m`): `d * sum_lanes(xd * sum(c q)) + m * xs`;
+//! * Q4_1G: as Q4_1 with `d` and `m` per group of 4 blocks, so each is applied once per group.
 //!
 //! Each lane's `sum(c q)` is exact in i32; the scale terms are f32. The SIMD kernels multiply unsigned
 //! codes by signed activations (`vpdpbusd` / `vpmaddubsw`): Q4 codes are already 0..=15, and
@@ -79,6 +80,7 @@ impl Kernel {
             (Kernel::Scalar, BlockFormat::Q8_0) => scalar::dot_q8_0,
             (Kernel::Scalar, BlockFormat::Q4_0) => scalar::dot_q4::<false>,
             (Kernel::Scalar, BlockFormat::Q4_1) => scalar::dot_q4::<true>,
+            (Kernel::Scalar, BlockFormat::Q4_1G) => scalar::dot_q4_1g,
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx2, BlockFormat::Q8_0) => avx2::dot_q8_0,
             #[cfg(target_arch = "x86_64")]
@@ -86,11 +88,15 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx2, BlockFormat::Q4_1) => avx2::dot_q4::<true>,
             #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, BlockFormat::Q4_1G) => avx2::dot_q4_1g,
+            #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Vnni, BlockFormat::Q8_0) => avx512::dot_q8_0,
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Vnni, BlockFormat::Q4_0) => avx512::dot_q4::<false>,
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Vnni, BlockFormat::Q4_1) => avx512::dot_q4::<true>,
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, BlockFormat::Q4_1G) => avx512::dot_q4_1g,
             #[cfg(not(target_arch = "x86_64"))]
             _ => return None,
         })
@@ -101,7 +107,7 @@ impl Kernel {
 mod tests {
     use super::*;
     use crate::kernels::act::LANE;
-    use crate::kernels::pack::tests::{pack, random_qtensor};
+    use crate::kernels::pack::tests::{pack, random_q4_1g, random_qtensor};
     use crate::kernels::{QuantActs, QK};
     use rand::{Rng, SeedableRng};
 
@@ -147,6 +153,38 @@ mod tests {
                                 "{k:?} {f:?} blocks {blocks} row {r} x {xr}: {got} vs {want}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_q4_1_kernels_match_the_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Groups: 1, 3, 15, 16, 17 (past one 16-group chunk), 32 (4096), 112 (14336).
+        for groups in [1usize, 3, 15, 16, 17, 32, 112] {
+            let (rows, cols, n) = (3, groups * 128, 2);
+            let w = random_q4_1g(rows, cols, groups as u64);
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let xa = QuantActs::new(&x, cols);
+            for k in Kernel::available() {
+                let dot = k.dot_fn(BlockFormat::Q4_1G).unwrap();
+                for r in 0..rows {
+                    for xr in 0..n {
+                        let want = reference(&w, r, &xa, xr);
+                        // SAFETY: `dot_fn` checked the CPU features.
+                        let got = unsafe { dot(w.row(r), xa.row(xr)) } as f64;
+                        let mut wf = vec![0f32; cols];
+                        w.dequantize_row(r, &mut wf);
+                        let a = xa.row(xr);
+                        let scale: f64 = (0..cols)
+                            .map(|i| (wf[i] as f64 * a.q[i] as f64 * a.d[i / LANE] as f64).abs())
+                            .sum();
+                        assert!(
+                            (got - want).abs() <= 1e-5 * scale + 1e-6,
+                            "{k:?} groups {groups} row {r} x {xr}: {got} vs {want}"
+                        );
                     }
                 }
             }

@@ -66,3 +66,22 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     }
     acc
 }
+
+/// Q4_1G: Q4_1 values with one scale and minimum per group of [`GROUP`] blocks.
+///
+/// # Safety
+/// None needed (the signature matches [`super::DotFn`]).
+pub unsafe fn dot_q4_1g(w: WRow<'_>, x: ActRow<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (g, (c, q)) in w.codes.chunks_exact(64).zip(x.q.chunks_exact(GROUP * QK)).enumerate() {
+        let mut isum = [0i32; GROUP * LANES];
+        for (j, &byte) in c.iter().enumerate() {
+            isum[j / LANE] += (byte & 0xF) as i32 * q[j] as i32;
+            isum[(64 + j) / LANE] += (byte >> 4) as i32 * q[64 + j] as i32;
+        }
+        let lanes = &x.d[g * GROUP * LANES..(g + 1) * GROUP * LANES];
+        let xs: f32 = x.s[g * GROUP..(g + 1) * GROUP].iter().sum();
+        acc += w.scales[g].to_f32() * scaled(lanes, &isum) + w.mins[g].to_f32() * xs;
+    }
+    acc
+}
