@@ -1,8 +1,9 @@
 //! `biomistral quantize`: AutoAWQ-format int4 (activation-aware search or plain round-to-nearest)
 //! and llama.cpp GGUF block types.
 use anyhow::{bail, Context};
+use biomistral::model::mistral::WeightSource;
 use biomistral::model::ModelConfig;
-use biomistral::quantize::awq_model::{awq_quantize_model, rtn_quantize_model};
+use biomistral::quantize::awq_model::{awq_quantize_model, rtn_quantize_lazy};
 use biomistral::quantize::awq_search::AwqSearchOptions;
 use biomistral::quantize::AwqConfig;
 use biomistral::source::convert::{hf_to_gguf, parse_ggml_type, HfToGgufOptions};
@@ -87,10 +88,12 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let weights = SafetensorsStore::open_dir(&args.model)?.load_all()?;
+    let store = SafetensorsStore::open_dir(&args.model)?;
     let out = if args.method == "rtn" {
-        rtn_quantize_model(&cfg, &weights, args.group_size)?
+        let names: Vec<String> = store.summaries().into_iter().map(|t| t.name).collect();
+        rtn_quantize_lazy(&cfg, names, |n| store.tensor(n), args.group_size)?
     } else {
+        let weights = store.load_all()?;
         let src = biomistral::source::ModelSource::open(args.model.to_str().unwrap_or_default())?;
         let calib_path = match &args.calib {
             Some(p) => p.clone(),

@@ -175,22 +175,38 @@ pub fn rtn_quantize_model(
     weights: &HashMap<String, Tensor>,
     group_size: usize,
 ) -> Result<AwqModelOutput> {
-    let mut w: HashMap<String, Tensor> = weights
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?)))
-        .collect::<Result<_>>()?;
+    let get = |n: &str| weights.get(n).cloned().ok_or_else(|| Error::tensor(n, "missing"));
+    rtn_quantize_lazy(cfg, weights.keys().cloned(), get, group_size)
+}
+
+/// [`rtn_quantize_model`] reading one tensor at a time through `get` (e.g. from a memory-mapped
+/// checkpoint), so a 7B model never sits in memory whole, let alone widened to f32: only one
+/// linear is widened at a time, and the rest stay in their stored dtype until written.
+pub fn rtn_quantize_lazy(
+    cfg: &ModelConfig,
+    names: impl IntoIterator<Item = String>,
+    get: impl Fn(&str) -> Result<Tensor>,
+    group_size: usize,
+) -> Result<AwqModelOutput> {
     let mut modules = Vec::new();
+    let mut linears = std::collections::HashSet::new();
     for i in 0..cfg.num_hidden_layers {
         for l in LAYER_LINEARS {
             let prefix = format!("model.layers.{i}.{l}");
             let name = format!("{prefix}.weight");
-            let t = w.remove(&name).ok_or_else(|| Error::tensor(&name, "missing"))?;
+            let t = get(&name)?;
             modules.push((prefix.clone(), quantize_weight(&prefix, &t, group_size)?));
+            linears.insert(name);
         }
     }
+    let tensors = names
+        .into_iter()
+        .filter(|n| !linears.contains(n))
+        .map(|n| Ok((n.clone(), get(&n)?)))
+        .collect::<Result<_>>()?;
     Ok(AwqModelOutput {
         modules,
-        tensors: w,
+        tensors,
         report: Vec::new(),
     })
 }
@@ -207,6 +223,10 @@ pub fn awq_quantize_model(
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
+    let opts = &AwqSearchOptions {
+        seq_len: calib.dim(1)?,
+        ..opts.clone()
+    };
     let embedder = layer_model(cfg, &w, 0)?;
     let mut h = embedder.embed(calib)?;
     drop(embedder);

@@ -35,6 +35,9 @@ pub struct AwqSearchOptions {
     pub max_shrink: f32,
     /// Tokens sampled for the clip search (AutoAWQ: 512).
     pub clip_tokens: usize,
+    /// Tokens per calibration sequence (0: unknown), so the clip search's sampling stride can
+    /// avoid landing on the same few positions of every sequence.
+    pub seq_len: usize,
 }
 
 impl Default for AwqSearchOptions {
@@ -46,6 +49,7 @@ impl Default for AwqSearchOptions {
             clip_grid: 20,
             max_shrink: 0.5,
             clip_tokens: 512,
+            seq_len: 0,
         }
     }
 }
@@ -215,6 +219,27 @@ pub fn search_best_scale(
     Ok(best)
 }
 
+/// Row stride for sampling about `tokens` of `n` captured rows: AutoAWQ's `n / tokens`, raised
+/// to the next value coprime with the sequence length. With 128 x 512 tokens AutoAWQ's stride
+/// (128) divides 512, so every sample would sit at position 0, 128, 256 or 384, a quarter of
+/// them on the first token, whose activations are extreme (the attention sink) and would
+/// dominate every group's clipping error. A coprime stride visits distinct positions. (AutoAWQ's
+/// own data, pileval in blocks of 512, gives strides that rarely share factors with 512.)
+pub fn clip_stride(n: usize, tokens: usize, seq_len: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut step = (n / tokens.max(1)).max(1);
+    while step > 1 && seq_len > 1 && gcd(step, seq_len) != 1 {
+        step += 1;
+    }
+    step
+}
+
 /// Per (output row, group) clipping bound for `w` [out, in] given its input `x` [n, in]:
 /// the shrink of the group's absmax (down to `1 - max_shrink`) whose fake-quantized group
 /// minimises the mean squared error of that group's contribution to the output.
@@ -231,7 +256,7 @@ pub fn search_clip(name: &str, w: &Tensor, x: &Tensor, opts: &AwqSearchOptions) 
     }
     // Sample tokens evenly like AutoAWQ (every k-th row).
     let n = xv.len() / inf;
-    let step = (n / opts.clip_tokens.max(1)).max(1);
+    let step = clip_stride(n, opts.clip_tokens, opts.seq_len);
     let xs: Vec<&[f32]> = xv.chunks_exact(inf).step_by(step).collect();
     let ng = inf / gs;
     let steps = ((opts.max_shrink * opts.clip_grid as f32) as usize).max(1);
@@ -289,4 +314,28 @@ pub fn apply_clip(name: &str, w: &Tensor, max_val: &[f32], group_size: usize) ->
         grp.iter_mut().for_each(|v| *v = v.clamp(-max_val[k], max_val[k]));
     }
     Ok(Tensor::from_vec(wv, (out, inf), w.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip_stride;
+
+    #[test]
+    fn clip_stride_spreads_samples_over_positions() {
+        // AutoAWQ's defaults on our data: 128 x 512 tokens, 512 samples -> 129, not 128.
+        assert_eq!(clip_stride(128 * 512, 512, 512), 129);
+        assert_eq!(clip_stride(32 * 256, 512, 256), 17);
+        // Every sampled row (508 of them) sits at a position of its own.
+        let (n, seq) = (128 * 512, 512);
+        let step = clip_stride(n, 512, seq);
+        let mut seen: Vec<usize> = (0..n).step_by(step).map(|r| r % seq).collect();
+        let rows = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!((rows, seen.len()), (n.div_ceil(step), n.div_ceil(step)));
+        // Few rows, unknown length, or already coprime: unchanged.
+        assert_eq!(clip_stride(100, 512, 50), 1);
+        assert_eq!(clip_stride(4096, 512, 0), 8);
+        assert_eq!(clip_stride(3 * 512 * 7, 512, 512), 21);
+    }
 }
