@@ -49,6 +49,24 @@ pub fn mmap(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// Drop the pages of `bytes`, a slice of `map` the caller has finished copying, from this
+/// process's resident set. Loaders copy (repack, widen) every tensor out of the mapped file;
+/// without this the touched file pages stay counted in RSS beside the copies, doubling the
+/// peak. Later reads fault the pages back in from the page cache. A slice outside the map is
+/// ignored.
+pub fn release_pages(map: &memmap2::Mmap, bytes: &[u8]) {
+    let (base, at) = (map.as_ptr() as usize, bytes.as_ptr() as usize);
+    if bytes.is_empty() || at < base || at + bytes.len() > base + map.len() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: the map is a read-only file mapping, so dropped pages read back the same bytes
+        // from the file; memmap2 rounds the range out to whole pages.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, at - base, bytes.len()) };
+    }
+}
+
 /// An output folder assembled under a hidden sibling name (`.NAME.partial-PID`) and renamed into
 /// place by `commit`; dropped uncommitted (an error, an interrupted run) it is removed, so a
 /// folder that looks finished always is.

@@ -130,14 +130,8 @@ impl InputModel {
             .ok_or_else(|| Error::tensor(name, format!("missing from model '{}'", self.spec)))?;
         let (_, map) = &self.shards[t.shard];
         let values = t.dtype.decode(name, &map[t.start..t.end])?;
-        // Drop the pages we just read from this process's resident set so RSS stays near the
-        // working tensors rather than growing to the size of every input checkpoint.
-        #[cfg(unix)]
-        {
-            // SAFETY: the map is a read-only file mapping and no reference into this range outlives
-            // the decode above; later reads simply fault the pages back in from the page cache.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.start, t.end - t.start) };
-        }
+        // Keep RSS near the working tensors rather than the size of every input checkpoint.
+        crate::fsutil::release_pages(map, &map[t.start..t.end]);
         Ok(values)
     }
 }

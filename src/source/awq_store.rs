@@ -47,6 +47,9 @@ impl WeightSource for AwqStore {
             if self.inner.contains(&qw) {
                 let st = self.inner.shard_of(&qw)?;
                 let lin = load_awq_linear(&st, prefix, &self.cfg)?;
+                for part in ["qweight", "qzeros", "scales", "bias"] {
+                    self.inner.release(&format!("{prefix}.{part}"));
+                }
                 return Ok(Weight::Custom(Arc::new(lin)));
             }
         }

@@ -430,8 +430,17 @@ impl GgufFile {
         let t = self
             .tensor_info(name)
             .ok_or_else(|| Error::format(&self.path, format!("tensor '{name}' is missing")))?;
-        qtensor_from_bytes(t.dtype, self.tensor_bytes(t), t.shape(), device)
-            .map_err(|e| Error::tensor(name, format!("{}: {e}", self.path.display())))
+        let q = qtensor_from_bytes(t.dtype, self.tensor_bytes(t), t.shape(), device)
+            .map_err(|e| Error::tensor(name, format!("{}: {e}", self.path.display())))?;
+        // The QTensor owns a copy now.
+        self.release(t);
+        Ok(q)
+    }
+
+    /// Drop a tensor's mapped pages from the resident set once it has been copied out (see
+    /// [`fsutil::release_pages`]).
+    pub fn release(&self, t: &TensorInfo) {
+        fsutil::release_pages(&self.mmap, self.tensor_bytes(t));
     }
 
     pub fn file_size(&self) -> u64 {

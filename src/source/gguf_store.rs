@@ -133,6 +133,7 @@ impl GgufStore {
             }
             _ => bytes.to_vec(),
         };
+        self.file.release(info);
         Ok((info.dtype, shape, data))
     }
 }

@@ -132,7 +132,18 @@ impl SafetensorsStore {
         let view = self.view(name)?;
         let dtype = st_dtype(view.dtype())
             .ok_or_else(|| Error::tensor(name, format!("unsupported dtype {:?}", view.dtype())))?;
-        Ok(Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?)
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        // The tensor owns a copy now.
+        self.release(name);
+        Ok(t)
+    }
+
+    /// Drop a tensor's mapped pages from the resident set once it has been copied out (see
+    /// [`crate::fsutil::release_pages`]); unknown names are ignored.
+    pub fn release(&self, name: &str) {
+        if let (Some(&i), Ok(view)) = (self.index.get(name), self.view(name)) {
+            crate::fsutil::release_pages(&self.files[i].1, view.data());
+        }
     }
 
     /// Every tensor as a map (small checkpoints and tests).
