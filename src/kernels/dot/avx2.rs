@@ -41,6 +41,29 @@ fn nibbles_128(c: __m128i) -> __m256i {
     _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(c, 4), m), _mm_and_si128(c, m))
 }
 
+/// Half `h` (0 or 1) of whole group `g`: bytes `64g + 32h ..` hold block `4g + h` in their low
+/// nibbles and `4g + 2 + h` in their high ones. Returns the two blocks' `u8 x i8` i32 lanes.
+///
+/// # Safety
+/// Group `g`'s 64 code bytes and 128 activations must be within `cp` and `qp`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_half(cp: *const u8, qp: *const i8, g: usize, h: usize) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (b_lo, b_hi) = (g * GROUP + h, g * GROUP + 2 + h);
+    // SAFETY: in bounds (caller).
+    let (c, q_lo, q_hi) = unsafe {
+        (
+            _mm256_loadu_si256(cp.add(g * 64 + h * 32) as *const __m256i),
+            _mm256_loadu_si256(qp.add(b_lo * QK) as *const __m256i),
+            _mm256_loadu_si256(qp.add(b_hi * QK) as *const __m256i),
+        )
+    };
+    let lo = _mm256_and_si256(c, m4);
+    let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+    (dot_u8i8(lo, q_lo), dot_u8i8(hi, q_hi))
+}
+
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` and `x` must have the same number of blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -75,7 +98,6 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     assert!(!MIN || w.mins.len() == nb);
     let whole = nb / GROUP * GROUP;
     let (cp, qp) = (w.codes.as_ptr(), x.q.as_ptr());
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut corr = 0f32;
     let mut add = |acc: &mut __m256, b: usize, p: __m256i| {
@@ -84,21 +106,11 @@ pub unsafe fn dot_q4<const MIN: bool>(w: WRow<'_>, x: ActRow<'_>) -> f32 {
         corr += if MIN { w.mins[b].to_f32() } else { -8.0 * d } * x.s[b];
     };
     for g in 0..whole / GROUP {
-        // The group's bytes 32h..32h+32 hold block 4g+h (low nibbles) and 4g+2+h (high).
         for h in 0..2 {
-            let (b_lo, b_hi) = (g * GROUP + h, g * GROUP + 2 + h);
             // SAFETY: blocks of whole groups are within both rows (asserted lengths).
-            let (c, q_lo, q_hi) = unsafe {
-                (
-                    _mm256_loadu_si256(cp.add(g * 64 + h * 32) as *const __m256i),
-                    _mm256_loadu_si256(qp.add(b_lo * QK) as *const __m256i),
-                    _mm256_loadu_si256(qp.add(b_hi * QK) as *const __m256i),
-                )
-            };
-            let lo = _mm256_and_si256(c, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
-            add(&mut acc[0], b_lo, dot_u8i8(lo, q_lo));
-            add(&mut acc[1], b_hi, dot_u8i8(hi, q_hi));
+            let (p_lo, p_hi) = unsafe { group_half(cp, qp, g, h) };
+            add(&mut acc[0], g * GROUP + h, p_lo);
+            add(&mut acc[1], g * GROUP + 2 + h, p_hi);
         }
     }
     for b in whole..nb {
@@ -125,7 +137,6 @@ pub unsafe fn dot_q4_1g(w: WRow<'_>, x: ActRow<'_>) -> f32 {
     assert!(w.codes.len() == nb * 16 && x.q.len() == nb * QK && x.d.len() == nb * QK / LANE && x.s.len() == nb);
     assert!(w.mins.len() == ng);
     let (cp, qp) = (w.codes.as_ptr(), x.q.as_ptr());
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut corr = 0f32;
     let xd = |b: usize| {
@@ -136,19 +147,10 @@ pub unsafe fn dot_q4_1g(w: WRow<'_>, x: ActRow<'_>) -> f32 {
         // Per group: the lane-scaled sums of its four blocks, then the group's scale once.
         let mut t = [_mm256_setzero_ps(); 2];
         for h in 0..2 {
-            let (b_lo, b_hi) = (g * GROUP + h, g * GROUP + 2 + h);
             // SAFETY: the group's blocks are within both rows (asserted lengths).
-            let (c, q_lo, q_hi) = unsafe {
-                (
-                    _mm256_loadu_si256(cp.add(g * 64 + h * 32) as *const __m256i),
-                    _mm256_loadu_si256(qp.add(b_lo * QK) as *const __m256i),
-                    _mm256_loadu_si256(qp.add(b_hi * QK) as *const __m256i),
-                )
-            };
-            let lo = _mm256_and_si256(c, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
-            t[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8i8(lo, q_lo)), xd(b_lo), t[0]);
-            t[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8i8(hi, q_hi)), xd(b_hi), t[1]);
+            let (p_lo, p_hi) = unsafe { group_half(cp, qp, g, h) };
+            t[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_lo), xd(g * GROUP + h), t[0]);
+            t[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_hi), xd(g * GROUP + 2 + h), t[1]);
         }
         let d = _mm256_set1_ps(w.scales[g].to_f32());
         acc[g & 1] = _mm256_fmadd_ps(_mm256_add_ps(t[0], t[1]), d, acc[g & 1]);
