@@ -48,7 +48,9 @@ impl WeightSource for AwqStore {
                 let st = self.inner.shard_of(&qw)?;
                 let lin = load_awq_linear(&st, prefix, &self.cfg)?;
                 for part in ["qweight", "qzeros", "scales", "bias"] {
-                    self.inner.release(&format!("{prefix}.{part}"));
+                    if let Ok(v) = st.tensor(&format!("{prefix}.{part}")) {
+                        self.inner.release(v.data());
+                    }
                 }
                 return Ok(Weight::Custom(Arc::new(lin)));
             }

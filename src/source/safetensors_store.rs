@@ -134,15 +134,15 @@ impl SafetensorsStore {
             .ok_or_else(|| Error::tensor(name, format!("unsupported dtype {:?}", view.dtype())))?;
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
         // The tensor owns a copy now.
-        self.release(name);
+        self.release(view.data());
         Ok(t)
     }
 
-    /// Drop a tensor's mapped pages from the resident set once it has been copied out (see
-    /// [`crate::fsutil::release_pages`]); unknown names are ignored.
-    pub fn release(&self, name: &str) {
-        if let (Some(&i), Ok(view)) = (self.index.get(name), self.view(name)) {
-            crate::fsutil::release_pages(&self.files[i].1, view.data());
+    /// Drop the mapped pages of `bytes` (a tensor's data, from any of this store's files) from
+    /// the resident set once it has been copied out (see [`crate::fsutil::release_pages`]).
+    pub fn release(&self, bytes: &[u8]) {
+        for (_, map) in &self.files {
+            crate::fsutil::release_pages(map, bytes);
         }
     }
 
