@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use biomistral::model::mistral::WeightSource;
 use biomistral::model::ModelConfig;
-use biomistral::quantize::awq_model::{awq_quantize_model, rtn_quantize_lazy};
+use biomistral::quantize::awq_model::{awq_quantize_lazy, rtn_quantize_lazy};
 use biomistral::quantize::awq_search::AwqSearchOptions;
 use biomistral::quantize::AwqConfig;
 use biomistral::source::convert::{hf_to_gguf, parse_ggml_type, HfToGgufOptions};
@@ -89,11 +89,10 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
         }
     }
     let store = SafetensorsStore::open_dir(&args.model)?;
+    let names: Vec<String> = store.summaries().into_iter().map(|t| t.name).collect();
     let out = if args.method == "rtn" {
-        let names: Vec<String> = store.summaries().into_iter().map(|t| t.name).collect();
         rtn_quantize_lazy(&cfg, names, |n| store.tensor(n), args.group_size)?
     } else {
-        let weights = store.load_all()?;
         let src = biomistral::source::ModelSource::open(args.model.to_str().unwrap_or_default())?;
         let calib_path = match &args.calib {
             Some(p) => p.clone(),
@@ -127,7 +126,7 @@ fn quantize_awq(args: &QuantizeArgs) -> anyhow::Result<()> {
             clip_tokens: args.clip_tokens.max(1),
             ..Default::default()
         };
-        awq_quantize_model(&cfg, &weights, &calib, &opts)?
+        awq_quantize_lazy(&cfg, names, |n| store.tensor(n), &calib, &opts)?
     };
     let qcfg = AwqConfig {
         group_size: args.group_size,

@@ -48,6 +48,9 @@ pub struct ForwardOpts<'a> {
     pub positions: Option<&'a Tensor>,
     /// Use ops with backward passes (training).
     pub differentiable: bool,
+    /// Each layer adds its attention only and skips the MLP: AWQ's q/k/v scale search inspects
+    /// the attention block's output, and the MLP would be most of the cost of every grid step.
+    pub attention_only: bool,
 }
 
 struct RmsNorm {
@@ -381,6 +384,7 @@ impl Model {
                 pads: pads.as_deref(),
                 causal_only: fused,
                 window: self.cfg.sliding_window.unwrap_or(usize::MAX),
+                attention_only: opts.attention_only,
             };
             h = self.layers[i].forward(&h, i, &ctx, cache, opts.differentiable)?;
         }
@@ -469,6 +473,7 @@ struct AttnCtx<'a> {
     /// [`crate::kernels::attention`] applies, and `mask` is not built.
     causal_only: bool,
     window: usize,
+    attention_only: bool,
 }
 
 /// Leading zeros of each row of a `[B, S]` key mask, if every row is zeros-then-ones.
@@ -503,6 +508,9 @@ impl Block {
             differentiable,
         )?;
         let x = (x + a)?;
+        if ctx.attention_only {
+            return Ok(x);
+        }
         let m = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x, differentiable)?)?;

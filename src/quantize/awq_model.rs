@@ -134,24 +134,32 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
 }
 
-/// A one-layer model holding layer `i`'s tensors (as layer 0) so it can run on its own.
-fn layer_model(cfg: &ModelConfig, w: &HashMap<String, Tensor>, i: usize) -> Result<Model> {
+/// A one-layer model: the shared tensors (embedding, final norm, head) and one decoder layer's
+/// tensors (`layer`, keyed by their name after `model.layers.N.`) as its layer 0.
+fn layer_model(cfg: &ModelConfig, shared: &HashMap<String, Tensor>, layer: &HashMap<String, Tensor>) -> Result<Model> {
     let mut c = cfg.clone();
     c.num_hidden_layers = 1;
-    let from = format!("model.layers.{i}.");
-    let mut m: HashMap<String, Tensor> = HashMap::new();
-    for (k, t) in w {
-        if let Some(rest) = k.strip_prefix(&from) {
-            m.insert(format!("model.layers.0.{rest}"), t.clone());
-        } else if !k.starts_with("model.layers.") {
-            m.insert(k.clone(), t.clone());
-        }
+    let mut m = shared.clone();
+    for (k, t) in layer {
+        m.insert(format!("model.layers.0.{k}"), t.clone());
     }
     Model::new(&c, &TensorMap(m), DType::F32, &Device::Cpu, |_| {})
 }
 
-fn run(m: &Model, h: &Tensor) -> Result<Tensor> {
-    m.forward_layers(h.clone(), 0..1, &mut m.new_cache(), &ForwardOpts::default())
+/// Run a one-layer model over `h` [B, T, H] a few sequences at a time (see
+/// [`AwqSearchOptions::chunk_rows`]); `attention_only` skips the MLP.
+fn run(m: &Model, h: &Tensor, opts: &AwqSearchOptions, attention_only: bool) -> Result<Tensor> {
+    let (b, t, _) = h.dims3()?;
+    let fo = ForwardOpts {
+        attention_only,
+        ..Default::default()
+    };
+    let per = (opts.chunk_rows / t.max(1)).max(1);
+    let parts = (0..b)
+        .step_by(per)
+        .map(|a| m.forward_layers(h.narrow(0, a, per.min(b - a))?, 0..1, &mut m.new_cache(), &fo))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 fn dense(t: &Tensor) -> Linear {
@@ -219,55 +227,94 @@ pub fn awq_quantize_model(
     calib: &Tensor,
     opts: &AwqSearchOptions,
 ) -> Result<AwqModelOutput> {
-    let mut w: HashMap<String, Tensor> = weights
+    let get = |n: &str| weights.get(n).cloned().ok_or_else(|| Error::tensor(n, "missing"));
+    awq_quantize_lazy(cfg, weights.keys().cloned(), get, calib, opts)
+}
+
+/// [`awq_quantize_model`] reading tensors through `get` (e.g. from a memory-mapped checkpoint):
+/// only the shared tensors and the current layer are widened to f32, so a 7B model needs a
+/// layer's worth of weights (0.9 GB) beside the calibration activations, not 30 GB.
+pub fn awq_quantize_lazy(
+    cfg: &ModelConfig,
+    names: impl IntoIterator<Item = String>,
+    get: impl Fn(&str) -> Result<Tensor>,
+    calib: &Tensor,
+    opts: &AwqSearchOptions,
+) -> Result<AwqModelOutput> {
+    let names: Vec<String> = names.into_iter().collect();
+    let wide = |n: &str| -> Result<Tensor> { Ok(get(n)?.to_dtype(DType::F32)?) };
+    let shared: HashMap<String, Tensor> = names
         .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?)))
+        .filter(|n| !n.starts_with("model.layers."))
+        .map(|n| Ok((n.clone(), wide(n)?)))
         .collect::<Result<_>>()?;
+    let layer_tensors = |i: usize| -> Result<HashMap<String, Tensor>> {
+        let from = format!("model.layers.{i}.");
+        names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&from).map(|rest| (n, rest)))
+            .map(|(n, rest)| Ok((rest.to_string(), wide(n)?)))
+            .collect()
+    };
     let opts = &AwqSearchOptions {
         seq_len: calib.dim(1)?,
         ..opts.clone()
     };
-    let embedder = layer_model(cfg, &w, 0)?;
-    let mut h = embedder.embed(calib)?;
-    drop(embedder);
+    let mut h = layer_model(cfg, &shared, &layer_tensors(0)?)?.embed(calib)?;
     let (hid, qd) = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim);
+    let seq = opts.seq_len;
     let mut modules = Vec::new();
     let mut report = Vec::new();
+    let mut tensors = shared.clone();
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        let get = |s: &str| -> Result<Tensor> {
-            let n = format!("{p}.{s}");
-            w.get(&n).cloned().ok_or_else(|| Error::tensor(&n, "missing"))
+        let layer = layer_tensors(i)?;
+        // Taken out of a copy first, so a missing tensor is named with its own layer index.
+        let mut rest = layer.clone();
+        let mut take = |s: &str| -> Result<Tensor> {
+            rest.remove(s)
+                .ok_or_else(|| Error::tensor(format!("{p}.{s}"), "missing"))
         };
         let mut lin: Vec<Tensor> = LAYER_LINEARS
             .iter()
-            .map(|n| get(&format!("{n}.weight")))
+            .map(|n| take(&format!("{n}.weight")))
             .collect::<Result<_>>()?;
-        let (mut ln1, mut ln2) = (get("input_layernorm.weight")?, get("post_attention_layernorm.weight")?);
-        let model = RefCell::new(layer_model(cfg, &w, i)?);
-        let h_next = run(&model.borrow(), &h)?;
+        let (mut ln1, mut ln2) = (
+            take("input_layernorm.weight")?,
+            take("post_attention_layernorm.weight")?,
+        );
+        let model = RefCell::new(layer_model(cfg, &shared, &layer)?);
+        drop(layer);
+        let h_next = run(&model.borrow(), &h, opts, false)?;
 
-        // Captures. With a zero down_proj the layer returns h + attention.
-        let f = cfg.intermediate_size;
-        model.borrow_mut().layers[0].mlp.down_proj = dense(&Tensor::zeros((hid, f), DType::F32, &Device::Cpu)?);
-        let attn = (run(&model.borrow(), &h)? - &h)?;
+        // Captures: the attention block's output, and o_proj's input through an identity o_proj.
+        let attn = (run(&model.borrow(), &h, opts, true)? - &h)?;
         let mut x_attn = flat(&rms_norm(&h, &ln1, cfg.rms_norm_eps)?)?;
         let mut x_o = if qd == hid {
             model.borrow_mut().layers[0].self_attn.o_proj = dense(&Tensor::eye(hid, DType::F32, &Device::Cpu)?);
-            let x = flat(&(run(&model.borrow(), &h)? - &h)?)?;
+            let x = flat(&(run(&model.borrow(), &h, opts, true)? - &h)?)?;
             model.borrow_mut().layers[0].self_attn.o_proj = dense(&lin[3]);
             Some(x)
         } else {
             None
         };
         let mut x_mlp = flat(&rms_norm(&(&h + &attn)?, &ln2, cfg.rms_norm_eps)?)?;
+        drop(attn);
+        let rows = |x: &Tensor, r: &std::ops::Range<usize>| x.narrow(0, r.start, r.len());
         let mlp = |x: &Tensor, g: &Tensor, u: &Tensor, d: &Tensor| -> Result<Tensor> {
             let a = candle_nn::ops::silu(&x.matmul(&g.t()?)?)?;
             Ok((a * x.matmul(&u.t()?)?)?.matmul(&d.t()?)?)
         };
         let mut x_down = {
-            let a = candle_nn::ops::silu(&x_mlp.matmul(&lin[4].t()?)?)?;
-            (a * x_mlp.matmul(&lin[5].t()?)?)?
+            let parts = super::awq_search::row_chunks(x_mlp.dim(0)?, opts)
+                .iter()
+                .map(|r| {
+                    let x = rows(&x_mlp, r)?;
+                    let a = candle_nn::ops::silu(&x.matmul(&lin[4].t()?)?)?;
+                    Ok((a * x.matmul(&lin[5].t()?)?)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)?
         };
 
         // Scale searches, all on the original layer (as AutoAWQ does), then applied together.
@@ -280,27 +327,34 @@ pub fn awq_quantize_model(
                 rtn_loss: s.rtn_loss,
             })
         };
-        let s_qkv = search_best_scale(&lin[0..3], &x_attn, opts, &|ws| {
+        // AutoAWQ inspects self_attn for q/k/v: the attention block alone, on whole sequences.
+        let s_qkv = search_best_scale(&lin[0..3], &x_attn, opts, &|ws, r| {
             let mut m = model.borrow_mut();
             let a = &mut m.layers[0].self_attn;
             (a.q_proj, a.k_proj, a.v_proj) = (dense(&ws[0]), dense(&ws[1]), dense(&ws[2]));
             drop(m);
-            run(&model.borrow(), &h)
+            let hs = h.narrow(0, r.start / seq, r.len() / seq)?;
+            run(&model.borrow(), &hs, opts, true)
         })?;
         rep("q,k,v", &s_qkv);
         // AutoAWQ scales o_proj (folding into v_proj) only without grouped-query attention.
         let s_o = match &x_o {
             Some(x) if lin[2].dims() == lin[3].dims() => {
-                let s = search_best_scale(&lin[3..4], x, opts, &|ws| Ok(x.matmul(&ws[0].t()?)?))?;
+                let s = search_best_scale(&lin[3..4], x, opts, &|ws, r| Ok(rows(x, &r)?.matmul(&ws[0].t()?)?))?;
                 rep("o", &s);
                 Some(s)
             }
             _ => None,
         };
-        let s_gu = search_best_scale(&lin[4..6], &x_mlp, opts, &|ws| mlp(&x_mlp, &ws[0], &ws[1], &lin[6]))?;
+        let s_gu = search_best_scale(&lin[4..6], &x_mlp, opts, &|ws, r| {
+            mlp(&rows(&x_mlp, &r)?, &ws[0], &ws[1], &lin[6])
+        })?;
         rep("gate,up", &s_gu);
-        let s_d = search_best_scale(&lin[6..7], &x_down, opts, &|ws| Ok(x_down.matmul(&ws[0].t()?)?))?;
+        let s_d = search_best_scale(&lin[6..7], &x_down, opts, &|ws, r| {
+            Ok(rows(&x_down, &r)?.matmul(&ws[0].t()?)?)
+        })?;
         rep("down", &s_d);
+        drop(model);
 
         ln1 = fold_into_norm(&ln1, &s_qkv.scales)?;
         for l in &mut lin[0..3] {
@@ -337,15 +391,16 @@ pub fn awq_quantize_model(
                 lin[k] = apply_clip(&full, &lin[k], &bounds, opts.group_size)?;
             }
             modules.push((full.clone(), quantize_weight(&full, &lin[k], opts.group_size)?));
-            w.remove(&format!("{full}.weight"));
         }
-        w.insert(format!("{p}.input_layernorm.weight"), ln1);
-        w.insert(format!("{p}.post_attention_layernorm.weight"), ln2);
+        tensors.insert(format!("{p}.input_layernorm.weight"), ln1);
+        tensors.insert(format!("{p}.post_attention_layernorm.weight"), ln2);
+        // Anything else the layer holds (biases, say) is kept as it was.
+        tensors.extend(rest.into_iter().map(|(k, t)| (format!("{p}.{k}"), t)));
         h = h_next;
     }
     Ok(AwqModelOutput {
         modules,
-        tensors: w,
+        tensors,
         report,
     })
 }

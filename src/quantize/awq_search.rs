@@ -38,6 +38,10 @@ pub struct AwqSearchOptions {
     /// Tokens per calibration sequence (0: unknown), so the clip search's sampling stride can
     /// avoid landing on the same few positions of every sequence.
     pub seq_len: usize,
+    /// Calibration rows per forward of an inspected block (rounded to whole sequences). A 7B
+    /// model's MLP on AutoAWQ's 128 x 512 tokens would otherwise hold several 65536 x 14336 f32
+    /// intermediates (3.8 GB each) at once; in chunks the search's memory is the captures'.
+    pub chunk_rows: usize,
 }
 
 impl Default for AwqSearchOptions {
@@ -50,6 +54,7 @@ impl Default for AwqSearchOptions {
             max_shrink: 0.5,
             clip_tokens: 512,
             seq_len: 0,
+            chunk_rows: 4096,
         }
     }
 }
@@ -73,6 +78,36 @@ fn matrix(name: &str, t: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
     Ok((r, c, v))
 }
 
+/// The row ranges of `n` calibration rows that the inspected block runs on one at a time:
+/// whole sequences of `opts.seq_len` rows, about `opts.chunk_rows` per range (all rows at once
+/// when the sequence length is unknown).
+pub fn row_chunks(n: usize, opts: &AwqSearchOptions) -> Vec<std::ops::Range<usize>> {
+    if opts.seq_len == 0 || !n.is_multiple_of(opts.seq_len) {
+        return std::iter::once(0..n).collect();
+    }
+    let per = (opts.chunk_rows / opts.seq_len).max(1) * opts.seq_len;
+    (0..n).step_by(per).map(|a| a..(a + per).min(n)).collect()
+}
+
+/// Mean |x| per column of `x` [n, in], a chunk of rows at a time (no full copy of `x`).
+fn column_abs_mean(x: &Tensor) -> Result<Vec<f32>> {
+    let (n, inf) = x
+        .dims2()
+        .map_err(|_| Error::tensor("AWQ calibration input", format!("shape {:?} is not 2-D", x.dims())))?;
+    let mut acc = vec![0f32; inf];
+    let per = (1 << 24) / inf.max(1) + 1;
+    for a in (0..n).step_by(per) {
+        let part = x.narrow(0, a, per.min(n - a))?.to_dtype(DType::F32)?;
+        for row in part.flatten_all()?.to_vec1::<f32>()?.chunks_exact(inf) {
+            for (m, v) in acc.iter_mut().zip(row) {
+                *m += v.abs();
+            }
+        }
+    }
+    acc.iter_mut().for_each(|m| *m /= n.max(1) as f32);
+    Ok(acc)
+}
+
 /// Round-to-nearest as AutoAWQ does it (fp16), back to an f32 tensor of the same shape.
 pub fn fake_quantize(name: &str, w: &Tensor, group_size: usize) -> Result<Tensor> {
     let gq = quantize_weight(name, w, group_size)?;
@@ -87,17 +122,19 @@ pub fn quantize_weight(name: &str, w: &Tensor, group_size: usize) -> Result<Grou
     pseudo_quantize(name, &h, out, inf, group_size)
 }
 
-fn mse(a: &Tensor, b: &Tensor) -> Result<f32> {
+/// Sum of squared differences and the element count.
+fn sse(a: &Tensor, b: &Tensor) -> Result<(f64, usize)> {
     if a.dims() != b.dims() {
         return Err(Error::invalid(
             "AWQ block output",
             format!("shape {:?} differs from the reference {:?}", b.dims(), a.dims()),
         ));
     }
-    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+    let s = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
         .sqr()?
-        .mean_all()?
-        .to_scalar::<f32>()?)
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok((s as f64, a.elem_count()))
 }
 
 /// Multiply column i of `w` [out, in] by `scales[i]`.
@@ -118,29 +155,25 @@ pub fn fold_into_linear(prev: &Tensor, scales: &[f32]) -> Result<Tensor> {
     Ok(prev.broadcast_div(&s)?)
 }
 
+/// The inspected module's output on some calibration rows, given candidate weights.
+pub type InspectedBlock<'a> = dyn Fn(&[Tensor], std::ops::Range<usize>) -> Result<Tensor> + 'a;
+
 /// Grid search of the scaling exponent for `linears` (each [out_i, in]) that read `x` [n, in].
-/// `block(ws)` must return the inspected module's output on the calibration input when those
-/// linears have weights `ws` (same order); it is called with the original weights first.
+/// `block(ws, rows)` must return the inspected module's output on calibration rows `rows` (whole
+/// sequences, see [`row_chunks`]) when those linears have weights `ws` (same order); it is
+/// called with the original weights first.
 pub fn search_best_scale(
     linears: &[Tensor],
     x: &Tensor,
     opts: &AwqSearchOptions,
-    block: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    block: &InspectedBlock,
 ) -> Result<ScaleSearch> {
     let gs = opts.group_size;
-    let (_, inf, xv) = matrix("AWQ calibration input", x)?;
     if linears.is_empty() {
         return Err(Error::invalid("AWQ scale group", "no linear layers"));
     }
-    // x_mean: mean |x| per input channel.
-    let n = xv.len() / inf.max(1);
-    let mut x_mean = vec![0f32; inf];
-    for row in xv.chunks_exact(inf) {
-        for (m, v) in x_mean.iter_mut().zip(row) {
-            *m += v.abs();
-        }
-    }
-    x_mean.iter_mut().for_each(|m| *m /= n.max(1) as f32);
+    let x_mean = column_abs_mean(x)?;
+    let (n, inf) = (x.dim(0)?, x_mean.len());
     // w_mean: |w| normalised by its group's max, averaged over all output rows.
     let mut w_mean = vec![0f32; inf];
     let mut rows = 0usize;
@@ -166,7 +199,11 @@ pub fn search_best_scale(
     }
     w_mean.iter_mut().for_each(|m| *m /= rows as f32);
 
-    let reference = block(linears)?;
+    let chunks = row_chunks(n, opts);
+    let reference: Vec<Tensor> = chunks
+        .iter()
+        .map(|r| block(linears, r.clone()))
+        .collect::<Result<_>>()?;
     let loss_for = |scales: &[f32]| -> Result<f32> {
         let ws = linears
             .iter()
@@ -177,7 +214,13 @@ pub fn search_best_scale(
                 scale_columns(&q, &inv)
             })
             .collect::<Result<Vec<_>>>()?;
-        mse(&reference, &block(&ws)?)
+        let (mut sum, mut count) = (0f64, 0usize);
+        for (r, want) in chunks.iter().zip(&reference) {
+            let (s, c) = sse(want, &block(&ws, r.clone())?)?;
+            (sum, count) = (sum + s, count + c);
+        }
+        // As a mean over one chunk would round it (sum * (1/n) in f32).
+        Ok(sum as f32 * (1.0 / count.max(1) as f64) as f32)
     };
     let ones = vec![1f32; inf];
     let rtn_loss = loss_for(&ones)?;
@@ -247,17 +290,21 @@ pub fn search_clip(name: &str, w: &Tensor, x: &Tensor, opts: &AwqSearchOptions) 
     let gs = opts.group_size;
     let (out, inf, wv) = matrix(name, w)?;
     check_group_size(name, inf, gs)?;
-    let (_, xin, xv) = matrix("AWQ calibration input", x)?;
+    let (n, xin) = x
+        .dims2()
+        .map_err(|_| Error::tensor(name, format!("captured input shape {:?} is not 2-D", x.dims())))?;
     if xin != inf {
         return Err(Error::tensor(
             name,
             format!("{inf} inputs, the captured input has {xin}"),
         ));
     }
-    // Sample tokens evenly like AutoAWQ (every k-th row).
-    let n = xv.len() / inf;
+    // Sample tokens evenly like AutoAWQ (every k-th row), copying only those rows.
     let step = clip_stride(n, opts.clip_tokens, opts.seq_len);
-    let xs: Vec<&[f32]> = xv.chunks_exact(inf).step_by(step).collect();
+    let picked: Vec<u32> = (0..n as u32).step_by(step).collect();
+    let picked = Tensor::from_vec(picked, n.div_ceil(step), x.device())?;
+    let (_, _, xv) = matrix("AWQ calibration input", &x.index_select(&picked, 0)?)?;
+    let xs: Vec<&[f32]> = xv.chunks_exact(inf).collect();
     let ng = inf / gs;
     let steps = ((opts.max_shrink * opts.clip_grid as f32) as usize).max(1);
     let best: Vec<f32> = (0..out * ng)

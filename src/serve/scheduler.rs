@@ -343,7 +343,7 @@ impl Engine {
         let opts = ForwardOpts {
             key_mask: mask.as_ref(),
             positions: pos.as_ref(),
-            differentiable: false,
+            ..Default::default()
         };
         let logits = self.m.model.forward(&tokens, &mut self.cache, Logits::Last, &opts)?;
         let lsm = if self.rows.iter().any(|r| r.job.params.logprobs.is_some()) {

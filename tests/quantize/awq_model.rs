@@ -79,6 +79,27 @@ fn awq_on_the_tiny_base_model_writes_a_working_checkpoint() {
     for r in &out.report {
         assert!(r.loss <= r.rtn_loss, "{r:?}");
     }
+    // Forwards of 3 sequences at a time (6 chunks) choose the same scales and codes.
+    let chunked = awq_quantize_model(
+        &cfg,
+        &base,
+        &calib,
+        &AwqSearchOptions {
+            chunk_rows: 3 * 64,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let ratios = |o: &biomistral::quantize::awq_model::AwqModelOutput| -> Vec<_> {
+        o.report.iter().map(|r| (r.layer, r.group, r.ratio)).collect()
+    };
+    assert_eq!(ratios(&chunked), ratios(&out));
+    for ((n, a), (_, b)) in out.modules.iter().zip(&chunked.modules) {
+        assert!(
+            a.q == b.q && a.zeros == b.zeros && a.scales == b.scales,
+            "{n} differs when chunked"
+        );
+    }
 
     // Write an AutoAWQ checkpoint, load it back, compare with the fp model and with plain RTN.
     let qcfg = AwqConfig {
@@ -192,4 +213,37 @@ fn awq_config_disagreeing_with_tensors_is_an_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("model.layers.0"), "{e}");
+}
+
+#[test]
+fn attention_only_forward_is_the_layer_without_its_mlp() {
+    // AWQ's q/k/v search runs the attention block alone; it must equal the whole layer with a
+    // zero down_proj (MLP contribution 0), and differ from the whole layer (the tiny model's
+    // random MLP weights are small, so the difference is too).
+    let dir = fixture("tiny_base");
+    let cfg = ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let base = f32_map(&std::fs::read(dir.join("model.safetensors")).unwrap());
+    let mut zero_mlp = base.clone();
+    for i in 0..cfg.num_hidden_layers {
+        let n = format!("model.layers.{i}.mlp.down_proj.weight");
+        zero_mlp.insert(n.clone(), base[&n].zeros_like().unwrap());
+    }
+    let ids = Tensor::from_vec((0..24u32).map(|i| i * 7 % 256).collect(), (2, 12), &Device::Cpu).unwrap();
+    let run = |w: &HashMap<String, Tensor>, attention_only: bool| -> Vec<f32> {
+        let m = Model::new(&cfg, &TensorMap(w.clone()), DType::F32, &Device::Cpu, |_| {}).unwrap();
+        let h = m.embed(&ids).unwrap();
+        let opts = ForwardOpts {
+            attention_only,
+            ..Default::default()
+        };
+        let y = m
+            .forward_layers(h, 0..cfg.num_hidden_layers, &mut m.new_cache(), &opts)
+            .unwrap();
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let attn = run(&base, true);
+    assert_eq!(attn, run(&zero_mlp, false));
+    let err = rel_l2(&attn, &run(&base, false));
+    eprintln!("attention only vs whole layer: relative L2 {err:.2e}");
+    assert!(err > 1e-6, "the MLP must change the output (relative L2 {err})");
 }

@@ -80,12 +80,44 @@ fn awq_search_beats_rtn_on_salient_channels() {
 
     // Scale group 1: W1 reads norm(x); the whole block is inspected.
     let x1 = block.normed(&x).unwrap();
-    let s1 = search_best_scale(std::slice::from_ref(&block.w1), &x1, &opts, &|ws| {
-        block.forward_with(&x, &ws[0], &block.w2)
+    let rows = |t: &Tensor, r: std::ops::Range<usize>| t.narrow(0, r.start, r.len()).unwrap();
+    let s1 = search_best_scale(std::slice::from_ref(&block.w1), &x1, &opts, &|ws, r| {
+        block.forward_with(&rows(&x, r), &ws[0], &block.w2)
     })
     .unwrap();
     assert!(s1.ratio.is_some(), "a non-trivial scaling must win here");
     assert!(s1.loss < s1.rtn_loss);
+    // The same search a few sequences at a time (16 sequences of 16 rows, 3 per forward, so
+    // the last chunk is short): the same choice and the same loss up to summation order.
+    let chunked = AwqSearchOptions {
+        seq_len: 16,
+        chunk_rows: 48,
+        ..opts.clone()
+    };
+    assert_eq!(
+        biomistral::quantize::awq_search::row_chunks(n, &chunked).len(),
+        6,
+        "256 rows in chunks of 48"
+    );
+    let calls = std::cell::Cell::new(0);
+    let s1c = search_best_scale(std::slice::from_ref(&block.w1), &x1, &chunked, &|ws, r| {
+        assert!(r.len() <= 48 && r.start % 16 == 0, "{r:?}");
+        calls.set(calls.get() + 1);
+        block.forward_with(&rows(&x, r), &ws[0], &block.w2)
+    })
+    .unwrap();
+    assert_eq!(
+        calls.get(),
+        6 * (opts.n_grid + 2),
+        "reference, RTN and each grid step per chunk"
+    );
+    assert_eq!((s1c.ratio, &s1c.scales), (s1.ratio, &s1.scales));
+    assert!(
+        (s1c.loss - s1.loss).abs() <= 1e-5 * s1.loss,
+        "{} vs {}",
+        s1c.loss,
+        s1.loss
+    );
     let scaled = Block {
         norm: fold_into_norm(&block.norm, &s1.scales).unwrap(),
         w1: scale_columns(&block.w1, &s1.scales).unwrap(),
@@ -96,8 +128,8 @@ fn awq_search_beats_rtn_on_salient_channels() {
 
     // Scale group 2: W2 reads W1's output; fold into W1's rows.
     let x2 = scaled.normed(&x).unwrap().matmul(&scaled.w1.t().unwrap()).unwrap();
-    let s2 = search_best_scale(std::slice::from_ref(&scaled.w2), &x2, &opts, &|ws| {
-        Ok(x2.matmul(&ws[0].t()?)?)
+    let s2 = search_best_scale(std::slice::from_ref(&scaled.w2), &x2, &opts, &|ws, r| {
+        Ok(rows(&x2, r).matmul(&ws[0].t()?)?)
     })
     .unwrap();
     let scaled = Block {
@@ -124,5 +156,5 @@ fn awq_search_beats_rtn_on_salient_channels() {
     // Bad input names the problem.
     let e = search_clip("w1", &block.w1, &x2, &opts).unwrap_err().to_string();
     assert!(e.contains("w1"), "{e}");
-    assert!(search_best_scale(&[], &x1, &opts, &|_| Ok(x1.clone())).is_err());
+    assert!(search_best_scale(&[], &x1, &opts, &|_, _| Ok(x1.clone())).is_err());
 }
