@@ -5,6 +5,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod hugepages;
 pub mod kernels;
 pub mod merge;
 pub mod model;
