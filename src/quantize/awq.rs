@@ -492,8 +492,19 @@ pub fn write_awq_checkpoint(
     for (prefix, gq) in modules {
         all.extend(awq_module_tensors(prefix, gq, cfg)?);
     }
+    write_awq_tensors(dir, cfg, &all, base_config)
+}
+
+/// [`write_awq_checkpoint`] for tensors already in checkpoint form. The safetensors file is
+/// streamed to a temporary sibling and renamed: a 7B checkpoint is never held twice in memory.
+pub fn write_awq_tensors(
+    dir: &Path,
+    cfg: &AwqConfig,
+    all: &[(String, RawTensor)],
+    base_config: &serde_json::Value,
+) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
-    for (n, _) in &all {
+    for (n, _) in all {
         if !seen.insert(n.as_str()) {
             return Err(Error::tensor(n, "appears twice in the checkpoint"));
         }
@@ -507,9 +518,20 @@ pub fn write_awq_checkpoint(
         })
         .collect::<Result<Vec<_>>>()?;
     let st_path = dir.join("model.safetensors");
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::format(&st_path, format!("{e}")))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    fsutil::write_bytes_atomic(&st_path, &bytes)?;
+    let tmp = fsutil::temp_path(&st_path);
+    let written = safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(|e| Error::format(&st_path, format!("{e}")))
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, &st_path).map_err(|e| Error::io(&st_path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     let mut config = base_config.clone();
     let obj = config
         .as_object_mut()

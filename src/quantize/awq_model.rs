@@ -7,7 +7,7 @@
 //! one-layer `Model` holding layer i's tensors); intermediate inputs are recovered without
 //! touching its internals: the MLP contribution is removed by a zero `down_proj`, and o_proj's
 //! input by an identity `o_proj` (possible when heads * head_dim == hidden, true for Mistral).
-use super::awq::{awq_modules, floats, load_awq_quant, write_awq_checkpoint, AwqConfig, RawTensor};
+use super::awq::{awq_module_tensors, awq_modules, floats, load_awq_quant, write_awq_tensors, AwqConfig, RawTensor};
 use super::awq_search::{
     apply_clip, fold_into_linear, fold_into_norm, quantize_weight, scale_columns, search_best_scale, search_clip,
     AwqSearchOptions, ScaleSearch,
@@ -112,20 +112,26 @@ pub struct AwqModelOutput {
 }
 
 impl AwqModelOutput {
-    /// Write an AutoAWQ-format checkpoint (non-quantized tensors as f16, like AutoAWQ).
-    pub fn write(&self, dir: &Path, cfg: &AwqConfig, base_config: &serde_json::Value) -> Result<()> {
-        let mut others = Vec::with_capacity(self.tensors.len());
-        for (n, t) in &self.tensors {
+    /// Write an AutoAWQ-format checkpoint (non-quantized tensors as f16, like AutoAWQ). Each
+    /// tensor is converted and each module packed (half a byte a weight, against the codes' one)
+    /// as the previous one is dropped, so the peak stays near the output's size.
+    pub fn write(self, dir: &Path, cfg: &AwqConfig, base_config: &serde_json::Value) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = self.tensors.into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut all = Vec::with_capacity(tensors.len() + 3 * self.modules.len());
+        for (n, t) in tensors {
             let v = t.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<half::f16>()?;
             let raw = RawTensor {
                 dtype: safetensors::Dtype::F16,
                 shape: t.dims().to_vec(),
                 data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             };
-            others.push((n.clone(), raw));
+            all.push((n, raw));
         }
-        others.sort_by(|a, b| a.0.cmp(&b.0));
-        write_awq_checkpoint(dir, cfg, &self.modules, &others, base_config)
+        for (prefix, gq) in self.modules {
+            all.extend(awq_module_tensors(&prefix, &gq, cfg)?);
+        }
+        write_awq_tensors(dir, cfg, &all, base_config)
     }
 }
 
