@@ -266,7 +266,8 @@ pub fn awq_quantize_lazy(
         seq_len: calib.dim(1)?,
         ..opts.clone()
     };
-    let mut h = layer_model(cfg, &shared, &layer_tensors(0)?)?.embed(calib)?;
+    // Layer 0's model embeds the calibration tokens (so layer 0 is read and widened once).
+    let mut h = Tensor::zeros(0, DType::F32, &Device::Cpu)?;
     let (hid, qd) = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim);
     let seq = opts.seq_len;
     let mut modules = Vec::new();
@@ -291,6 +292,9 @@ pub fn awq_quantize_lazy(
         );
         let model = RefCell::new(layer_model(cfg, &shared, &layer)?);
         drop(layer);
+        if i == 0 {
+            h = model.borrow().embed(calib)?;
+        }
         let h_next = run(&model.borrow(), &h, opts, false)?;
 
         // Captures: the attention block's output, and o_proj's input through an identity o_proj.
