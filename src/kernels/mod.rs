@@ -17,12 +17,14 @@
 //!   Q4_K / Q5_K rows.
 //! * [`half`]: f16 / bf16 weights against f32 activations (widened in registers);
 //!   [`bf16_gemm`]: bf16 weights against bf16 activations for prompts (AVX-512 BF16).
+//! * [`f32_matvec`]: f32 weights against a few activation rows (decoding an f32 model).
 //! * [`matvec`]: picks the best kernel once (runtime CPU detection) and splits output rows
 //!   over rayon threads.
 pub mod act;
 pub mod attention;
 pub mod bf16_gemm;
 pub mod dot;
+pub mod f32_matvec;
 pub mod gemm;
 pub mod half;
 pub mod kquant;

@@ -149,6 +149,29 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
+    let n = rows_of(x);
+    if n <= crate::kernels::f32_matvec::MAX_ROWS
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && w.is_contiguous()
+        && !x.track_op()
+        && !w.track_op()
+    {
+        let (rows, cols) = w.dims2()?;
+        let (xs, ws) = (x.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?);
+        let mut y = vec![0f32; n * rows];
+        // The weight is read in place (a contiguous f32 tensor flattens without a copy).
+        let (storage, layout) = ws.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            let wv = &cpu.as_slice::<f32>()?[a..b];
+            crate::kernels::f32_matvec::matvec(wv, rows, cols, &xs, n, &mut y);
+            let mut out = dims;
+            *out.last_mut().expect("x has a feature dim") = rows;
+            return Ok(Tensor::from_vec(y, out, x.device())?);
+        }
+    }
     let y = matmul(&x.reshape(((), k))?, &w.t()?)?;
     let mut out = dims;
     let n = out.len();
