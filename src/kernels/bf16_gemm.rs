@@ -234,21 +234,15 @@ mod tests {
                 }
                 for simd in kinds {
                     let y = gemm(&w, &xb, n, simd);
-                    for r in 0..n {
-                        for o in 0..rows {
-                            let (mut want, mut mag) = (0f64, 0f64);
-                            for i in 0..cols {
-                                let p = x[r * cols + i] as f64 * bf(wb[o * cols + i]) as f64;
-                                want += p;
-                                mag += p.abs();
-                            }
-                            let got = y[r * rows + o] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * mag + 1e-7,
-                                "simd {simd} [{rows},{cols}] n {n} ({r},{o}): {got} vs {want}"
-                            );
-                        }
-                    }
+                    let what = format!("simd {simd}");
+                    crate::kernels::tests::assert_f64_product(
+                        |o, i| bf(wb[o * cols + i]) as f64,
+                        &x,
+                        &y,
+                        rows,
+                        cols,
+                        &what,
+                    );
                 }
             }
         }

@@ -82,21 +82,7 @@ mod tests {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
                 let mut y = vec![0f32; n * rows];
                 matvec(&w, rows, cols, &x, n, &mut y);
-                for r in 0..n {
-                    for o in 0..rows {
-                        let (mut want, mut mag) = (0f64, 0f64);
-                        for i in 0..cols {
-                            let p = w[o * cols + i] as f64 * x[r * cols + i] as f64;
-                            want += p;
-                            mag += p.abs();
-                        }
-                        let got = y[r * rows + o] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * mag + 1e-7,
-                            "[{rows},{cols}] n {n} ({r},{o})"
-                        );
-                    }
-                }
+                crate::kernels::tests::assert_f64_product(|o, i| w[o * cols + i] as f64, &x, &y, rows, cols, "f32");
             }
         }
     }

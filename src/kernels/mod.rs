@@ -85,6 +85,34 @@ pub(crate) fn abs_max(x: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// Test helper: `y [n, rows]` against the f64 product of `x [n, cols]` and `W^T`, where `w(o, i)`
+    /// is weight (o, i); only f32 summation order may differ.
+    pub(crate) fn assert_f64_product(
+        w: impl Fn(usize, usize) -> f64,
+        x: &[f32],
+        y: &[f32],
+        rows: usize,
+        cols: usize,
+        what: &str,
+    ) {
+        let n = x.len() / cols.max(1);
+        for r in 0..n {
+            for o in 0..rows {
+                let (mut want, mut mag) = (0f64, 0f64);
+                for i in 0..cols {
+                    let p = x[r * cols + i] as f64 * w(o, i);
+                    want += p;
+                    mag += p.abs();
+                }
+                let got = y[r * rows + o] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * mag + 1e-7,
+                    "{what} [{rows},{cols}] n {n} ({r},{o}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
