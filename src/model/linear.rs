@@ -150,7 +150,10 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let n = rows_of(x);
-    if n <= crate::kernels::f32_matvec::MAX_ROWS
+    // Shapes that do not fit fall through to candle, which reports them as errors.
+    if (1..=crate::kernels::f32_matvec::MAX_ROWS).contains(&n)
+        && w.dims().len() == 2
+        && w.dims()[1] == k
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && x.device().is_cpu()
@@ -448,5 +451,40 @@ impl Linear {
             Some(l) => Ok((&y + l.forward(x)?.to_dtype(y.dtype())?)?),
             None => Ok(y),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_row_f32_products_match_the_gemm_and_bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 35.0, &dev).unwrap().reshape((5, 7)).unwrap();
+        let w = (w * 0.01).unwrap();
+        for n in [1usize, 3, 4, 6] {
+            let x = Tensor::arange(0f32, (n * 7) as f32, &dev)
+                .unwrap()
+                .reshape((1, n, 7))
+                .unwrap();
+            let got = matmul_t(&x, &w).unwrap();
+            assert_eq!(got.dims(), &[1, n, 5]);
+            let want = x.reshape((n, 7)).unwrap().matmul(&w.t().unwrap()).unwrap();
+            let diff = (got.reshape((n, 5)).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "n {n}: {diff}");
+        }
+        // An input whose width is not the weight's, and an empty input: errors or empty, no panic.
+        let bad = Tensor::zeros((1, 6), DType::F32, &dev).unwrap();
+        assert!(matmul_t(&bad, &w).is_err());
+        let empty = Tensor::zeros((0, 7), DType::F32, &dev).unwrap();
+        assert_eq!(matmul_t(&empty, &w).unwrap().dims(), &[0, 5]);
     }
 }
