@@ -110,14 +110,7 @@ mod tests {
                 };
                 let want = x.matmul(&wf.t().unwrap()).unwrap();
                 let got = lin.forward(&x).unwrap();
-                let d = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = crate::model::linear::max_abs_diff(&got, &want);
                 assert!(d < 1e-4, "{dt:?} n={n} bf16 activations {bf16_acts}: max diff {d}");
             }
             assert_eq!(

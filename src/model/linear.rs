@@ -454,6 +454,16 @@ impl Linear {
     }
 }
 
+/// Test helper: the largest absolute difference between two tensors of one shape.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,14 +481,7 @@ mod tests {
             let got = matmul_t(&x, &w).unwrap();
             assert_eq!(got.dims(), &[1, n, 5]);
             let want = x.reshape((n, 7)).unwrap().matmul(&w.t().unwrap()).unwrap();
-            let diff = (got.reshape((n, 5)).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got.reshape((n, 5)).unwrap(), &want);
             assert!(diff < 1e-5, "n {n}: {diff}");
         }
         // An input whose width is not the weight's, and an empty input: errors or empty, no panic.
