@@ -14,7 +14,7 @@
 //!   once per row through the activation block sums `s`.
 //! * [`gemm`]: many activation rows (prompt processing): an int8 GEMM with per-32-block
 //!   activation scales over weight panels unpacked into VNNI order; [`kquant`] feeds it GGUF
-//!   Q4_K / Q5_K rows.
+//!   Q4_K / Q5_K rows; [`kquant_dot`] decodes Q4_K and Q6_K rows in place.
 //! * [`half`]: f16 / bf16 weights against f32 activations (widened in registers);
 //!   [`bf16_gemm`]: bf16 weights against bf16 activations for prompts (AVX-512 BF16).
 //! * [`f32_matvec`]: f32 weights against a few activation rows (decoding an f32 model).
@@ -28,6 +28,7 @@ pub mod f32_matvec;
 pub mod gemm;
 pub mod half;
 pub mod kquant;
+pub mod kquant_dot;
 pub mod matvec;
 pub mod pack;
 

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::gemm;
 use crate::kernels::kquant::{KFormat, KQuantRows};
+use crate::kernels::kquant_dot::{self, K8Acts, KDecode, KDotFn};
 use crate::model::half_linear::HalfLinear;
 use crate::quantize::gguf_linear::INT8_GEMM_MIN_ROWS;
 use crate::quantize::{GgufLinear, QuantLinear};
@@ -241,6 +242,29 @@ fn kquant_gemm(qt: &QTensor, x: &Tensor, rows: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(y, dims, x.device())?)
 }
 
+/// Q4_K / Q6_K tensors whose decode kernel this CPU runs (AVX-512 VNNI), with that kernel.
+fn kquant_decoder(qt: &QTensor) -> Option<(KDecode, KDotFn)> {
+    let f = match qt.dtype() {
+        GgmlDType::Q4K => KDecode::Q4K,
+        GgmlDType::Q6K => KDecode::Q6K,
+        _ => return None,
+    };
+    Some((f, f.best()?))
+}
+
+/// `x [.., in] W^T` for a few rows of a CPU Q4_K / Q6_K weight through our decode kernels.
+fn kquant_decode(qt: &QTensor, f: KDecode, dot: KDotFn, x: &Tensor) -> Result<Tensor> {
+    let (out, inf) = qt.shape().dims2()?;
+    let data = qt.data()?;
+    let err = |m| Error::tensor("k-quant weight", m);
+    let xa = K8Acts::new(&x.flatten_all()?.to_vec1::<f32>()?, inf, f).map_err(err)?;
+    // SAFETY: `dot` is `f`'s kernel from `KDecode::best`, which checked the CPU.
+    let y = unsafe { kquant_dot::matvec(&data, out, inf, &xa, dot) }.map_err(err)?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("x has a feature dim") = out;
+    Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
 /// `x @ W^T` for a quantized base kind (no gradient).
 fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
     match kind {
@@ -268,6 +292,18 @@ fn quant_forward(kind: &LinearKind, x: &Tensor) -> Result<Tensor> {
                         && kquant_format(qt).is_some() =>
                 {
                     kquant_gemm(qt, &xf, rows)?
+                }
+                // candle's k-quant kernels are AVX2; ours use VNNI on the same activation
+                // quantization (see `kernels::kquant_dot`).
+                QMatMul::QTensor(qt)
+                    if rows < PREFILL_DEQUANT_ROWS
+                        && xf.device().is_cpu()
+                        && xf.dims().last() == qt.shape().dims().last() =>
+                {
+                    match kquant_decoder(qt) {
+                        Some((f, dot)) => kquant_decode(qt, f, dot, &xf)?,
+                        None => q.forward(&xf)?,
+                    }
                 }
                 QMatMul::QTensor(qt) if rows >= PREFILL_DEQUANT_ROWS => {
                     dense_forward(&xf, &qt.dequantize(&qt.device())?)?
@@ -489,5 +525,35 @@ mod tests {
         assert!(matmul_t(&bad, &w).is_err());
         let empty = Tensor::zeros((0, 7), DType::F32, &dev).unwrap();
         assert_eq!(matmul_t(&empty, &w).unwrap().dims(), &[0, 5]);
+    }
+
+    /// Q4_K and Q6_K weights decoding 1-3 rows (our VNNI kernels where the CPU has them, else
+    /// candle's) and a 20-row prompt agree with the dense product of the dequantized weight, to
+    /// the activations' int8 rounding.
+    #[test]
+    fn k_quant_decoding_matches_the_dequantized_product() {
+        let dev = Device::Cpu;
+        let (out, inf) = (40, 512);
+        let w: Vec<f32> = (0..out * inf)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 0.2)
+            .collect();
+        let w = Tensor::from_vec(w, (out, inf), &dev).unwrap();
+        for ty in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = Arc::new(QTensor::quantize(&w, ty).unwrap());
+            let lin = Linear::new(Weight::Quant(q.clone()), DType::F32).unwrap();
+            let deq = q.dequantize(&dev).unwrap();
+            for n in [1usize, 3, 20] {
+                let x: Vec<f32> = (0..n * inf)
+                    .map(|i| ((i * 31 % 97) as f32 / 48.0 - 1.0) * 1.5)
+                    .collect();
+                let x = Tensor::from_vec(x, (1, n, inf), &dev).unwrap();
+                let got = lin.forward(&x).unwrap().reshape((n, out)).unwrap();
+                let want = x.reshape((n, inf)).unwrap().matmul(&deq.t().unwrap()).unwrap();
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < 2e-2, "{ty:?} n {n}: {diff}");
+            }
+            let bad = Tensor::zeros((1, 256), DType::F32, &dev).unwrap();
+            assert!(lin.forward(&bad).is_err(), "{ty:?}");
+        }
     }
 }
