@@ -122,7 +122,7 @@ impl BlockRows for KQuantRows<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::gemm::{gemm_with, BlockActs, GemmKernel};
     use candle_core::quantized::{GgmlDType, QTensor};
@@ -134,6 +134,11 @@ mod tests {
         let v: Vec<f32> = (0..rows * cols)
             .map(|i| rng.gen_range(-1.0f32..1.0) + (i % 5) as f32 * 0.1)
             .collect();
+        quantized(ty, rows, cols, v)
+    }
+
+    /// Test helper: `v` as a `[rows, cols]` tensor of `ty`, and candle's dequantization of it.
+    pub(crate) fn quantized(ty: GgmlDType, rows: usize, cols: usize, v: Vec<f32>) -> (QTensor, Vec<f32>) {
         let q = QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap(), ty).unwrap();
         let deq = q
             .dequantize(&Device::Cpu)

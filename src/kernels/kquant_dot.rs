@@ -441,7 +441,6 @@ mod avx512 {
 mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
 
     fn random(ty: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QTensor, Vec<f32>) {
@@ -453,16 +452,7 @@ mod tests {
                 big * rng.gen_range(-1.0f32..1.0) * (1 + i / cols) as f32 + (i % 5) as f32 * 0.05
             })
             .collect();
-        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, ty).unwrap();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        (q, deq)
+        crate::kernels::kquant::tests::quantized(ty, rows, cols, v)
     }
 
     /// Every kernel on this CPU against the f64 product of candle's dequantized weights and the
