@@ -171,9 +171,7 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
             let wv = &cpu.as_slice::<f32>()?[a..b];
             crate::kernels::f32_matvec::matvec(wv, rows, cols, &xs, n, &mut y);
-            let mut out = dims;
-            *out.last_mut().expect("x has a feature dim") = rows;
-            return Ok(Tensor::from_vec(y, out, x.device())?);
+            return outputs_of(y, x, rows);
         }
     }
     let y = matmul(&x.reshape(((), k))?, &w.t()?)?;
@@ -236,7 +234,11 @@ fn kquant_gemm(qt: &QTensor, x: &Tensor, rows: usize) -> Result<Tensor> {
     let (out, inf) = qt.shape().dims2()?;
     let data = qt.data()?;
     let w = KQuantRows::new(f, out, inf, &data).map_err(|m| Error::tensor("k-quant weight", m))?;
-    let y = gemm::gemm(&w, &x.flatten_all()?.to_vec1::<f32>()?, rows);
+    outputs_of(gemm::gemm(&w, &x.flatten_all()?.to_vec1::<f32>()?, rows), x, out)
+}
+
+/// A kernel's row-major outputs `y` for input `x [.., in]` as a tensor `[.., out]`.
+fn outputs_of(y: Vec<f32>, x: &Tensor, out: usize) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("x has a feature dim") = out;
     Ok(Tensor::from_vec(y, dims, x.device())?)
@@ -260,9 +262,7 @@ fn kquant_decode(qt: &QTensor, f: KDecode, dot: KDotFn, x: &Tensor) -> Result<Te
     let xa = K8Acts::new(&x.flatten_all()?.to_vec1::<f32>()?, inf, f).map_err(err)?;
     // SAFETY: `dot` is `f`'s kernel from `KDecode::best`, which checked the CPU.
     let y = unsafe { kquant_dot::matvec(&data, out, inf, &xa, dot) }.map_err(err)?;
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("x has a feature dim") = out;
-    Ok(Tensor::from_vec(y, dims, x.device())?)
+    outputs_of(y, x, out)
 }
 
 /// `x @ W^T` for a quantized base kind (no gradient).
