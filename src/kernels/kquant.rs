@@ -10,8 +10,8 @@
 //! 2i + 1), `qs[128]`: per 64 weights, 32 bytes whose low nibbles are sub-block 2i and high
 //! nibbles sub-block 2i + 1.
 use super::gemm::BlockRows;
+use super::pack::f16_at;
 use super::QK;
-use half::f16;
 
 /// Weights per super-block.
 pub const QK_K: usize = 256;
@@ -60,16 +60,29 @@ impl<'a> KQuantRows<'a> {
     }
 }
 
-/// Scale and minimum (6 bits each) of sub-block `j` (ggml's `get_scale_min_k4`).
-fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+/// A Q4_K / Q5_K super-block's 12 packed scale bytes as its 8 sub-block scales then 8
+/// minimums (6 bits each), the whole super-block at once on 32-bit words.
+#[inline(always)]
+pub(crate) fn scales_and_mins(q: &[u8]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    // Scales 0-3: low 6 bits of bytes 0-3; 4-7: low nibbles of bytes 8-11 with the top 2 bits
+    // of bytes 0-3. Minimums 0-3: low 6 bits of bytes 4-7; 4-7: high nibbles of bytes 8-11
+    // with the top 2 bits of bytes 4-7.
+    let words = [
+        a & LOW6,
+        (c & LOW4) | (((a >> 6) & LOW2) << 4),
+        b & LOW6,
+        ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_le_bytes());
     }
+    out
 }
 
 impl BlockRows for KQuantRows<'_> {
@@ -88,6 +101,8 @@ impl BlockRows for KQuantRows<'_> {
     fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
         let bb = self.format.block_bytes();
         let per_row = self.cols / QK_K;
+        // The super-block's scales, decoded once for its 8 blocks.
+        let (mut sm, mut sm_of) = ([0u8; 16], usize::MAX);
         for (bi, ((s, m), c)) in scales
             .iter_mut()
             .zip(mins.iter_mut())
@@ -97,9 +112,11 @@ impl BlockRows for KQuantRows<'_> {
             let b = b0 + bi;
             let (sb, j) = (b / 8, b % 8);
             let blk = &self.data[(r * per_row + sb) * bb..(r * per_row + sb + 1) * bb];
-            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let dmin = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-            let (sc, mn) = scale_min(j, &blk[4..16]);
+            let (d, dmin) = (f16_at(blk, 0).to_f32(), f16_at(blk, 2).to_f32());
+            if sm_of != sb {
+                (sm, sm_of) = (scales_and_mins(&blk[4..16]), sb);
+            }
+            let (sc, mn) = (sm[j], sm[8 + j]);
             *s = d * sc as f32;
             *m = -(dmin * mn as f32);
             let shift = 4 * (j % 2) as u32;

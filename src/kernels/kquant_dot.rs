@@ -20,10 +20,9 @@
 //!   gives weights `l` (low nibble) and `l + 64` (high nibble); byte `l` of `qh` adds the
 //!   codes' bits 4-5 for weights `l`, `l + 32`, `l + 64`, `l + 96` in its bit pairs. The `- 32`
 //!   is taken off once per super-block through the 16-sums.
-use super::kquant::QK_K;
+use super::kquant::{scales_and_mins, QK_K};
 use super::matvec::{by_weight_rows, rows_per_task};
 use super::{abs_max, low_byte};
-use half::f16;
 use rayon::prelude::*;
 
 /// Activations per 16-sum.
@@ -195,32 +194,9 @@ pub unsafe fn matvec(data: &[u8], rows: usize, cols: usize, x: &K8Acts, dot: KDo
     Ok(y)
 }
 
+/// The little-endian f16 at byte `at`, as f32.
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-/// A Q4_K super-block's 12 packed scale bytes as 8 scales then 8 minimums (6 bits each).
-#[inline(always)]
-fn q4k_scales(q: &[u8]) -> [u8; 16] {
-    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
-    let (a, b, c) = (word(0), word(1), word(2));
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    // Scales 0-3: low 6 bits of bytes 0-3; 4-7: low nibbles of bytes 8-11 with the top 2 bits
-    // of bytes 0-3. Minimums 0-3: low 6 bits of bytes 4-7; 4-7: high nibbles of bytes 8-11
-    // with the top 2 bits of bytes 4-7.
-    let words = [
-        a & LOW6,
-        (c & LOW4) | (((a >> 6) & LOW2) << 4),
-        b & LOW6,
-        ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
-    ];
-    let mut out = [0u8; 16];
-    for (o, w) in out.chunks_exact_mut(4).zip(words) {
-        o.copy_from_slice(&w.to_le_bytes());
-    }
-    out
+    super::pack::f16_at(b, at).to_f32()
 }
 
 /// Q4_K, one value at a time.
@@ -233,7 +209,7 @@ unsafe fn scalar_q4k(row: &[u8], x: K8Row<'_>) -> f32 {
     let mut total = 0f32;
     for (sb, blk) in row.chunks_exact(144).enumerate() {
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let sm = q4k_scales(&blk[4..16]);
+        let sm = scales_and_mins(&blk[4..16]);
         let xq = &x.q[sb * QK_K..(sb + 1) * QK_K];
         let (mut main, mut mins) = (0i32, 0i32);
         for j in 0..8 {
@@ -286,7 +262,8 @@ unsafe fn scalar_q6k(row: &[u8], x: K8Row<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{f16_at, q4k_scales, K8Row, QK_K};
+    use super::{f16_at, scales_and_mins, K8Row, QK_K};
+    use crate::kernels::dot::avx2::hsum_ps;
     use std::arch::x86_64::*;
 
     /// Bytes ahead the kernels prefetch (about four Q4_K super-blocks, as the other decode
@@ -320,14 +297,6 @@ mod avx512 {
         unsafe { _mm512_loadu_si512(v.as_ptr() as *const __m512i) }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    fn hsum256(v: __m256) -> f32 {
-        let m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
-    }
-
     /// Q4_K.
     ///
     /// # Safety
@@ -352,7 +321,7 @@ mod avx512 {
             }
             let xd = x.d[sb];
             let (d, dmin) = (f16_at(row, at) * xd, f16_at(row, at + 2) * xd);
-            let sm = q4k_scales(&row[at + 4..at + 16]);
+            let sm = scales_and_mins(&row[at + 4..at + 16]);
             // SAFETY: the super-block's 144 bytes, 256 codes and 16 sums exist (asserted
             // lengths); `sm` is 16 bytes.
             unsafe {
@@ -376,7 +345,7 @@ mod avx512 {
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc);
             }
         }
-        _mm512_reduce_add_ps(acc) - hsum256(mins)
+        _mm512_reduce_add_ps(acc) - hsum_ps(mins)
     }
 
     /// Q6_K.
@@ -433,7 +402,7 @@ mod avx512 {
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc);
             }
         }
-        _mm512_reduce_add_ps(acc) - hsum256(offs)
+        _mm512_reduce_add_ps(acc) - hsum_ps(offs)
     }
 }
 

@@ -118,7 +118,8 @@ pub fn q4_pos(blocks: usize, b: usize, i: usize) -> (usize, u32) {
     }
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f16 {
+/// The little-endian f16 at byte `at` (GGUF's scale fields).
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f16 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 

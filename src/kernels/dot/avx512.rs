@@ -82,10 +82,7 @@ unsafe fn accumulate(acc: __m512, p: __m512i, d: __m512, j: usize, x: &ActRow<'_
 unsafe fn single(p: __m256i, d: f32, x: &ActRow<'_>, b: usize) -> f32 {
     // SAFETY: the 8 lane scales of block b exist (caller).
     let xd = unsafe { _mm256_loadu_ps(x.d.as_ptr().add(b * LANES)) };
-    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(p), xd);
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    d * _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    d * super::avx2::hsum_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), xd))
 }
 
 /// # Safety
