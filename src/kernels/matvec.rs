@@ -1,6 +1,5 @@
 //! `y = x W^T` for a few activation rows: output rows split over rayon threads.
 use super::act::QuantActs;
-use super::dot::DotFn;
 use super::pack::PackedMatrix;
 use rayon::prelude::*;
 
@@ -47,11 +46,14 @@ pub(crate) fn by_weight_rows(
     }
 }
 
-/// `y [n, rows] = x [n, cols] W^T` with `dot` from [`Kernel::dot_fn`] for `w.format`.
-///
-/// # Safety
-/// `dot` must come from [`Kernel::dot_fn`] (which checks the CPU) for `w.format`.
-pub unsafe fn matvec(w: &PackedMatrix, x: &QuantActs, dot: DotFn, y: &mut [f32]) {
+/// `y [n, rows] = x [n, cols] W^T` on `kernel` (which must run on this CPU: see
+/// [`Kernel::is_available`]). Panel-layout matrices take the panel kernels, SIMD unless
+/// `kernel` is [`Kernel::Scalar`].
+pub fn matvec(w: &PackedMatrix, x: &QuantActs, kernel: Kernel, y: &mut [f32]) {
+    if w.panels {
+        return super::panel::matvec_panels(w, x, kernel != Kernel::Scalar, y);
+    }
+    let dot = kernel.dot_fn(w.format).expect("matvec on a kernel this CPU cannot run");
     let n = x.rows();
     assert!(x.cols == w.cols && y.len() == n * w.rows);
     let chunk = rows_per_task(w.rows, w.bytes());
@@ -59,7 +61,7 @@ pub unsafe fn matvec(w: &PackedMatrix, x: &QuantActs, dot: DotFn, y: &mut [f32])
         let xr = x.row(0);
         y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
             for (k, v) in yc.iter_mut().enumerate() {
-                // SAFETY: the caller guarantees `dot` suits this CPU and format.
+                // SAFETY: `dot_fn` checked the CPU features for this format.
                 *v = unsafe { dot(w.row(c * chunk + k), xr) };
             }
         });

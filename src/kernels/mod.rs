@@ -31,6 +31,7 @@ pub mod kquant;
 pub mod kquant_dot;
 pub mod matvec;
 pub mod pack;
+pub mod panel;
 
 pub use act::QuantActs;
 pub use matvec::{matvec, Kernel};

@@ -11,6 +11,9 @@
 //! whole blocks of codes and shifting them the next two. Blocks after the last whole group keep
 //! the GGUF nibble order.
 //!
+//! Q4 matrices can instead be laid out in panels of 16 interleaved rows ([`super::panel`]),
+//! which the AVX-512 VNNI decode kernel streams; [`PackedMatrix::panels`] says which.
+//!
 //! [`BlockFormat::Q4_1G`] is not a GGUF format: Q4_1's codes and values with one scale and
 //! minimum per group of four blocks (128 weights, AutoAWQ's default group), which keeps an
 //! AWQ layer at 4.25 bits a weight where per-block Q4_1 takes 5. Its rows hold whole groups only.
@@ -96,6 +99,9 @@ pub struct PackedMatrix {
     pub scales: Vec<f16>,
     /// As `scales` for Q4_1 and Q4_1G, empty otherwise.
     pub mins: Vec<f16>,
+    /// Q4 rows interleaved in panels ([`super::panel`]); codes, scales and minimums are then
+    /// in panel order, padded to whole panels.
+    pub panels: bool,
 }
 
 /// One packed row, as the dot kernels take it.
@@ -124,8 +130,19 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f16 {
 }
 
 impl PackedMatrix {
-    /// Repack GGUF block bytes of a `[rows, cols]` matrix (`cols` a multiple of 32).
+    /// Repack GGUF block bytes of a `[rows, cols]` matrix (`cols` a multiple of 32), row by row.
     pub fn from_gguf(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self, String> {
+        Self::from_gguf_in(format, rows, cols, data, false)
+    }
+
+    /// As [`Self::from_gguf`]; with `panels`, Q4 formats go in the panel layout (Q8_0 ignores it).
+    pub fn from_gguf_in(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        panels: bool,
+    ) -> Result<Self, String> {
         if !cols.is_multiple_of(QK) || cols == 0 || rows == 0 {
             return Err(format!(
                 "[{rows}, {cols}]: the row length must be a positive multiple of {QK}"
@@ -143,6 +160,9 @@ impl PackedMatrix {
             ));
         }
         let cb = format.code_bytes();
+        if panels && format != BlockFormat::Q8_0 {
+            return Ok(Self::gguf_panels(format, rows, cols, data));
+        }
         let mut m = PackedMatrix {
             format,
             rows,
@@ -151,6 +171,7 @@ impl PackedMatrix {
             codes: vec![0u8; rows * blocks * cb],
             scales: Vec::with_capacity(rows * blocks),
             mins: Vec::with_capacity(if format == BlockFormat::Q4_1 { rows * blocks } else { 0 }),
+            panels: false,
         };
         for (r, row) in data.chunks_exact(blocks * bb).enumerate() {
             let codes = &mut m.codes[r * blocks * cb..(r + 1) * blocks * cb];
@@ -177,6 +198,48 @@ impl PackedMatrix {
         Ok(m)
     }
 
+    /// Q4_0 / Q4_1 GGUF bytes (sizes checked) in the panel layout: each block's 16 code bytes
+    /// are copied as 4 runs of 4.
+    fn gguf_panels(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Self {
+        let blocks = cols / QK;
+        let bb = format.gguf_block_bytes().unwrap_or(18);
+        let np = super::panel::panels(rows);
+        let mut m = PackedMatrix {
+            format,
+            rows,
+            cols,
+            blocks,
+            codes: vec![0u8; np * blocks * super::panel::PANEL_BLOCK_BYTES],
+            scales: vec![f16::ZERO; np * super::panel::PANEL * blocks],
+            mins: vec![
+                f16::ZERO;
+                if format.has_mins() {
+                    np * super::panel::PANEL * blocks
+                } else {
+                    0
+                }
+            ],
+            panels: true,
+        };
+        for (r, row) in data.chunks_exact(blocks * bb).enumerate() {
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                let at = super::panel::scale_pos(blocks, r, b);
+                m.scales[at] = f16_at(blk, 0);
+                let qs = if format.has_mins() {
+                    m.mins[at] = f16_at(blk, 2);
+                    &blk[4..]
+                } else {
+                    &blk[2..]
+                };
+                let base = super::panel::block_base(blocks, r, b);
+                for j in 0..4 {
+                    m.codes[base + 64 * j..base + 64 * j + 4].copy_from_slice(&qs[4 * j..4 * j + 4]);
+                }
+            }
+        }
+        m
+    }
+
     /// A [`BlockFormat::Q4_1G`] matrix: `codes` `[rows, cols]` (0..=15, one per weight) and per
     /// row and group of 128 a scale and minimum (`[rows, cols / 128]`); `cols` a positive
     /// multiple of 128.
@@ -186,6 +249,18 @@ impl PackedMatrix {
         codes: &[u8],
         scales: Vec<f16>,
         mins: Vec<f16>,
+    ) -> Result<Self, String> {
+        Self::q4_1_grouped_in(rows, cols, codes, scales, mins, false)
+    }
+
+    /// As [`Self::q4_1_grouped`], in the panel layout if `panels`.
+    pub fn q4_1_grouped_in(
+        rows: usize,
+        cols: usize,
+        codes: &[u8],
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        panels: bool,
     ) -> Result<Self, String> {
         let gw = GROUP * QK;
         if !cols.is_multiple_of(gw) || cols == 0 || rows == 0 {
@@ -207,6 +282,32 @@ impl PackedMatrix {
             return Err(format!("code {c} does not fit 4 bits"));
         }
         let blocks = cols / QK;
+        if panels {
+            let (np, per_row) = (super::panel::panels(rows), cols / gw);
+            let mut m = PackedMatrix {
+                format: BlockFormat::Q4_1G,
+                rows,
+                cols,
+                blocks,
+                codes: vec![0u8; np * blocks * super::panel::PANEL_BLOCK_BYTES],
+                scales: vec![f16::ZERO; np * super::panel::PANEL * per_row],
+                mins: vec![f16::ZERO; np * super::panel::PANEL * per_row],
+                panels: true,
+            };
+            for (r, src) in codes.chunks_exact(cols).enumerate() {
+                for g in 0..per_row {
+                    let at = super::panel::scale_pos(per_row, r, g);
+                    (m.scales[at], m.mins[at]) = (scales[r * per_row + g], mins[r * per_row + g]);
+                }
+                for (b, blk) in src.chunks_exact(QK).enumerate() {
+                    let base = super::panel::block_base(blocks, r, b);
+                    for k in 0..16 {
+                        m.codes[base + (k / 4) * 64 + k % 4] = blk[k] | (blk[k + 16] << 4);
+                    }
+                }
+            }
+            return Ok(m);
+        }
         let mut packed = vec![0u8; rows * blocks * 16];
         for (src, dst) in codes.chunks_exact(cols).zip(packed.chunks_exact_mut(blocks * 16)) {
             for (i, &c) in src.iter().enumerate() {
@@ -222,10 +323,13 @@ impl PackedMatrix {
             codes: packed,
             scales,
             mins,
+            panels: false,
         })
     }
 
+    /// Row `r` of the row layout (the panel layout has no contiguous rows).
     pub fn row(&self, r: usize) -> WRow<'_> {
+        assert!(!self.panels, "row() of a panel-layout matrix");
         let (nb, cb) = (self.blocks, self.format.code_bytes());
         let ns = nb / self.format.blocks_per_scale();
         WRow {
@@ -244,43 +348,77 @@ impl PackedMatrix {
         self.codes.len() + 2 * (self.scales.len() + self.mins.len())
     }
 
-    /// The signed integer code of weight `i` of block `b` in row `w` (Q4 codes without their
+    /// The signed integer code of weight `i` of block `b` in row `r` (Q4 codes without their
     /// offset, 0..=15).
     #[inline]
-    pub fn code(&self, w: &WRow, b: usize, i: usize) -> i32 {
+    pub fn code(&self, r: usize, b: usize, i: usize) -> i32 {
+        let cb = self.format.code_bytes();
         match self.format {
-            BlockFormat::Q8_0 => w.codes[b * QK + i] as i8 as i32,
+            BlockFormat::Q8_0 => self.codes[(r * self.blocks + b) * cb + i] as i8 as i32,
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_1G => {
-                let (at, shift) = q4_pos(self.blocks, b, i);
-                ((w.codes[at] >> shift) & 0xF) as i32
+                let (at, shift) = if self.panels {
+                    super::panel::code_pos(self.blocks, r, b, i)
+                } else {
+                    let (at, shift) = q4_pos(self.blocks, b, i);
+                    (r * self.blocks * cb + at, shift)
+                };
+                ((self.codes[at] >> shift) & 0xF) as i32
             }
+        }
+    }
+
+    /// Index of row `r`'s scale (and minimum) for block `b`.
+    #[inline]
+    fn scale_index(&self, r: usize, b: usize) -> usize {
+        let per = self.format.blocks_per_scale();
+        let per_row = self.blocks / per;
+        if self.panels {
+            super::panel::scale_pos(per_row, r, b / per)
+        } else {
+            r * per_row + b / per
         }
     }
 
     /// Row `r` as f32, computed exactly as candle's (and ggml's) dequantization.
     pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
-        let w = self.row(r);
-        let per = self.format.blocks_per_scale();
+        let mut codes = [0i8; QK];
         for (b, out) in dst[..self.cols].chunks_exact_mut(QK).enumerate() {
-            let d = w.scales[b / per].to_f32();
+            let at = self.scale_index(r, b);
+            let d = self.scales[at].to_f32();
+            self.block_codes(r, b, &mut codes);
             match self.format {
                 BlockFormat::Q8_0 => {
-                    for (i, v) in out.iter_mut().enumerate() {
-                        *v = self.code(&w, b, i) as f32 * d;
+                    for (v, &c) in out.iter_mut().zip(&codes) {
+                        *v = c as f32 * d;
                     }
                 }
                 BlockFormat::Q4_0 => {
-                    for (i, v) in out.iter_mut().enumerate() {
-                        *v = (self.code(&w, b, i) - 8) as f32 * d;
+                    for (v, &c) in out.iter_mut().zip(&codes) {
+                        *v = (c - 8) as f32 * d;
                     }
                 }
                 BlockFormat::Q4_1 | BlockFormat::Q4_1G => {
-                    let m = w.mins[b / per].to_f32();
-                    for (i, v) in out.iter_mut().enumerate() {
-                        *v = self.code(&w, b, i) as f32 * d + m;
+                    let m = self.mins[at].to_f32();
+                    for (v, &c) in out.iter_mut().zip(&codes) {
+                        *v = c as f32 * d + m;
                     }
                 }
             }
+        }
+    }
+
+    /// The 32 codes of row `r`, block `b` (Q8_0 signed, Q4 0..=15).
+    fn block_codes(&self, r: usize, b: usize, dst: &mut [i8; QK]) {
+        if self.panels {
+            let base = super::panel::block_base(self.blocks, r, b);
+            for k in 0..16 {
+                let v = self.codes[base + (k / 4) * 64 + k % 4];
+                (dst[k], dst[k + 16]) = ((v & 0xF) as i8, (v >> 4) as i8);
+            }
+            return;
+        }
+        for (i, c) in dst.iter_mut().enumerate() {
+            *c = self.code(r, b, i) as i8;
         }
     }
 }
@@ -301,6 +439,22 @@ impl super::gemm::BlockRows for PackedMatrix {
 
     fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
         let nb = scales.len();
+        if self.panels {
+            let off = if self.format == BlockFormat::Q4_0 { 8 } else { 0 };
+            for k in 0..nb {
+                let at = self.scale_index(r, b0 + k);
+                scales[k] = self.scales[at].to_f32();
+                if self.format.has_mins() {
+                    mins[k] = self.mins[at].to_f32();
+                }
+                let dst: &mut [i8; QK] = (&mut codes[k * QK..(k + 1) * QK]).try_into().unwrap();
+                self.block_codes(r, b0 + k, dst);
+                for c in dst.iter_mut() {
+                    *c -= off;
+                }
+            }
+            return;
+        }
         let w = self.row(r);
         let per = self.format.blocks_per_scale();
         for (k, s) in scales.iter_mut().enumerate() {
@@ -418,7 +572,7 @@ pub(crate) mod tests {
             for (i, &v) in row.iter().enumerate() {
                 let g = r * 3 + i / 128;
                 let c = codes[r * cols + i];
-                assert_eq!(m.code(&m.row(r), i / QK, i % QK), c as i32);
+                assert_eq!(m.code(r, i / QK, i % QK), c as i32);
                 assert_eq!(v, c as f32 * scales[g].to_f32() + mins[g].to_f32(), "row {r} input {i}");
             }
         }

@@ -146,7 +146,7 @@ impl AwqLinear {
     /// Code of input `i` in output row `o`.
     fn code(&self, o: usize, i: usize) -> u8 {
         match &self.blocks {
-            Some(b) => b.code(&b.row(o), i / QK, i % QK) as u8,
+            Some(b) => b.code(o, i / QK, i % QK) as u8,
             None => {
                 let (w, shift) = code_pos(self.blocked, i);
                 ((self.packed[o * self.in_features / 8 + w] >> shift) & 0xF) as u8
@@ -265,10 +265,8 @@ impl AwqLinear {
         }
         if let Some(b) = &self.blocks {
             let k = if simd { Kernel::best() } else { Kernel::Scalar };
-            let dot = k.dot_fn(b.format).expect("the best kernel runs on this CPU");
             let mut y = vec![0f32; n * self.out_features];
-            // SAFETY: `dot` comes from `Kernel::dot_fn` for the blocks' format.
-            unsafe { matvec(b, &QuantActs::new(x, self.in_features), dot, &mut y) };
+            matvec(b, &QuantActs::new(x, self.in_features), k, &mut y);
             return y;
         }
         #[cfg(target_arch = "x86_64")]
@@ -514,6 +512,8 @@ impl BlockRows for AwqLinear {
 /// of the same size), codes as they are. Groups that are whole multiples of 128 weights become
 /// one `Q4_1G` scale and minimum per 128; others one Q4_1 block per 32.
 fn q4_1_blocks(gq: &GroupQuant) -> std::result::Result<PackedMatrix, String> {
+    // In panels where the panel kernel runs (see `kernels::panel`).
+    let panels = Kernel::best() == Kernel::Avx512Vnni;
     let (inf, gs) = (gq.in_features, gq.group_size);
     let ng = inf / gs;
     let min = |g: usize| f16::from_f32(-(gq.zeros[g] as f32) * gq.scales[g].to_f32());
@@ -523,7 +523,7 @@ fn q4_1_blocks(gq: &GroupQuant) -> std::result::Result<PackedMatrix, String> {
         let group = |o: usize, k: usize| o * ng + k * gw / gs;
         let scales = (0..gq.out_features * per_row).map(|i| gq.scales[group(i / per_row, i % per_row)]);
         let mins = (0..gq.out_features * per_row).map(|i| min(group(i / per_row, i % per_row)));
-        return PackedMatrix::q4_1_grouped(gq.out_features, inf, &gq.q, scales.collect(), mins.collect());
+        return PackedMatrix::q4_1_grouped_in(gq.out_features, inf, &gq.q, scales.collect(), mins.collect(), panels);
     }
     let mut bytes = Vec::with_capacity(gq.out_features * inf / QK * 20);
     for o in 0..gq.out_features {
@@ -535,7 +535,7 @@ fn q4_1_blocks(gq: &GroupQuant) -> std::result::Result<PackedMatrix, String> {
             bytes.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
         }
     }
-    PackedMatrix::from_gguf(BlockFormat::Q4_1, gq.out_features, inf, &bytes)
+    PackedMatrix::from_gguf_in(BlockFormat::Q4_1, gq.out_features, inf, &bytes, panels)
 }
 
 fn code_pos(blocked: bool, i: usize) -> (usize, usize) {

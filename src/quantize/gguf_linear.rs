@@ -13,7 +13,6 @@ pub const GGUF_GEMM_MIN_ROWS: usize = 48;
 /// the GEMM is 6% slower on the 7B shape; at 16 it is 1.5-1.7x faster).
 pub const INT8_GEMM_MIN_ROWS: usize = 12;
 use crate::error::{Error, Result};
-use crate::kernels::dot::DotFn;
 use crate::kernels::gemm;
 use crate::kernels::{matvec, BlockFormat, Kernel, PackedMatrix, QuantActs};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -22,9 +21,8 @@ use rayon::prelude::*;
 
 pub struct GgufLinear {
     w: PackedMatrix,
+    /// Checked against the CPU when built.
     kernel: Kernel,
-    /// `kernel`'s dot product for `w.format` (checked against the CPU when built).
-    dot: DotFn,
 }
 
 impl std::fmt::Debug for GgufLinear {
@@ -53,11 +51,13 @@ impl GgufLinear {
         let err = |m: String| Error::tensor("GgufLinear", m);
         let format = BlockFormat::from_ggml(q.dtype()).ok_or_else(|| err(format!("no kernels for {:?}", q.dtype())))?;
         let (rows, cols) = q.shape().dims2().map_err(|e| err(e.to_string()))?;
-        let w = PackedMatrix::from_gguf(format, rows, cols, &q.data()?).map_err(err)?;
-        let dot = kernel
-            .dot_fn(format)
-            .ok_or_else(|| err(format!("this CPU cannot run the {kernel:?} kernels")))?;
-        Ok(GgufLinear { w, kernel, dot })
+        if kernel.dot_fn(format).is_none() {
+            return Err(err(format!("this CPU cannot run the {kernel:?} kernels")));
+        }
+        // Q4 rows go in panels where the panel kernel runs (see `kernels::panel`).
+        let panels = kernel == Kernel::Avx512Vnni;
+        let w = PackedMatrix::from_gguf_in(format, rows, cols, &q.data()?, panels).map_err(err)?;
+        Ok(GgufLinear { w, kernel })
     }
 
     pub fn kernel(&self) -> Kernel {
@@ -86,8 +86,7 @@ impl GgufLinear {
     fn forward_matvec(&self, x: &[f32], n: usize) -> Vec<f32> {
         let xa = QuantActs::new(x, self.w.cols);
         let mut y = vec![0f32; n * self.w.rows];
-        // SAFETY: `self.dot` comes from `Kernel::dot_fn` for this format.
-        unsafe { matvec(&self.w, &xa, self.dot, &mut y) };
+        matvec(&self.w, &xa, self.kernel, &mut y);
         y
     }
 }
