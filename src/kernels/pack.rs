@@ -447,10 +447,17 @@ impl super::gemm::BlockRows for PackedMatrix {
                 if self.format.has_mins() {
                     mins[k] = self.mins[at].to_f32();
                 }
+                // The block's 4 runs of 4 code bytes, 64 apart (see `super::panel`).
+                let base = super::panel::block_base(self.blocks, r, b0 + k);
+                let src = &self.codes[base..base + 3 * 64 + 4];
                 let dst: &mut [i8; QK] = (&mut codes[k * QK..(k + 1) * QK]).try_into().unwrap();
-                self.block_codes(r, b0 + k, dst);
-                for c in dst.iter_mut() {
-                    *c -= off;
+                let (lo, hi) = dst.split_at_mut(16);
+                for j in 0..4 {
+                    let run: [u8; 4] = src[64 * j..64 * j + 4].try_into().unwrap();
+                    for (t, &v) in run.iter().enumerate() {
+                        lo[4 * j + t] = (v & 0xF) as i8 - off;
+                        hi[4 * j + t] = (v >> 4) as i8 - off;
+                    }
                 }
             }
             return;
