@@ -39,6 +39,11 @@ pub(crate) fn by_weight_rows(
             }
         }
     });
+    transpose_into(&yt, n, rows, y);
+}
+
+/// `y [n, rows]` from results `yt [rows, n]`.
+pub(crate) fn transpose_into(yt: &[f32], n: usize, rows: usize, y: &mut [f32]) {
     for (o, yo) in yt.chunks_exact(n).enumerate() {
         for (r, v) in yo.iter().enumerate() {
             y[r * rows + o] = *v;

@@ -161,7 +161,7 @@ impl PackedMatrix {
         }
         let cb = format.code_bytes();
         if panels && format != BlockFormat::Q8_0 {
-            return Ok(Self::gguf_panels(format, rows, cols, data));
+            return Ok(Self::gguf_panels(format, rows, cols, bb, data));
         }
         let mut m = PackedMatrix {
             format,
@@ -198,11 +198,10 @@ impl PackedMatrix {
         Ok(m)
     }
 
-    /// Q4_0 / Q4_1 GGUF bytes (sizes checked) in the panel layout: each block's 16 code bytes
-    /// are copied as 4 runs of 4.
-    fn gguf_panels(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Self {
+    /// Q4_0 / Q4_1 GGUF bytes (sizes checked, `bb` bytes a block) in the panel layout: each
+    /// block's 16 code bytes are copied as 4 runs of 4.
+    fn gguf_panels(format: BlockFormat, rows: usize, cols: usize, bb: usize, data: &[u8]) -> Self {
         let blocks = cols / QK;
-        let bb = format.gguf_block_bytes().unwrap_or(18);
         let np = super::panel::panels(rows);
         let mut m = PackedMatrix {
             format,
@@ -447,7 +446,9 @@ impl super::gemm::BlockRows for PackedMatrix {
                 if self.format.has_mins() {
                     mins[k] = self.mins[at].to_f32();
                 }
-                // The block's 4 runs of 4 code bytes, 64 apart (see `super::panel`).
+                // The block's 4 runs of 4 code bytes, 64 apart (see `super::panel`), read here
+                // rather than through `block_codes` and a second pass for the offset, which
+                // measured 3-5% slower on Q4_0 pp512.
                 let base = super::panel::block_base(self.blocks, r, b0 + k);
                 let src = &self.codes[base..base + 3 * 64 + 4];
                 let dst: &mut [i8; QK] = (&mut codes[k * QK..(k + 1) * QK]).try_into().unwrap();

@@ -129,11 +129,7 @@ pub fn matvec_panels(w: &PackedMatrix, x: &super::QuantActs, simd: bool, y: &mut
             }
         }
     });
-    for (o, yo) in yt.chunks_exact(n).enumerate() {
-        for (r, v) in yo.iter().enumerate() {
-            y[r * rows + o] = *v;
-        }
-    }
+    super::matvec::transpose_into(&yt, n, rows, y);
 }
 
 /// Portable panel kernel (the formula of [`super::dot`] per row).
