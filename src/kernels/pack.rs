@@ -202,24 +202,7 @@ impl PackedMatrix {
     /// block's 16 code bytes are copied as 4 runs of 4.
     fn gguf_panels(format: BlockFormat, rows: usize, cols: usize, bb: usize, data: &[u8]) -> Self {
         let blocks = cols / QK;
-        let np = super::panel::panels(rows);
-        let mut m = PackedMatrix {
-            format,
-            rows,
-            cols,
-            blocks,
-            codes: vec![0u8; np * blocks * super::panel::PANEL_BLOCK_BYTES],
-            scales: vec![f16::ZERO; np * super::panel::PANEL * blocks],
-            mins: vec![
-                f16::ZERO;
-                if format.has_mins() {
-                    np * super::panel::PANEL * blocks
-                } else {
-                    0
-                }
-            ],
-            panels: true,
-        };
+        let mut m = Self::empty_panels(format, rows, cols);
         for (r, row) in data.chunks_exact(blocks * bb).enumerate() {
             for (b, blk) in row.chunks_exact(bb).enumerate() {
                 let at = super::panel::scale_pos(blocks, r, b);
@@ -237,6 +220,22 @@ impl PackedMatrix {
             }
         }
         m
+    }
+
+    /// A zero panel-layout matrix (padded to whole panels) for the constructors to fill.
+    fn empty_panels(format: BlockFormat, rows: usize, cols: usize) -> Self {
+        let (np, blocks) = (super::panel::panels(rows), cols / QK);
+        let scales = np * super::panel::PANEL * blocks / format.blocks_per_scale();
+        PackedMatrix {
+            format,
+            rows,
+            cols,
+            blocks,
+            codes: vec![0u8; np * blocks * super::panel::PANEL_BLOCK_BYTES],
+            scales: vec![f16::ZERO; scales],
+            mins: vec![f16::ZERO; if format.has_mins() { scales } else { 0 }],
+            panels: true,
+        }
     }
 
     /// A [`BlockFormat::Q4_1G`] matrix: `codes` `[rows, cols]` (0..=15, one per weight) and per
@@ -282,17 +281,8 @@ impl PackedMatrix {
         }
         let blocks = cols / QK;
         if panels {
-            let (np, per_row) = (super::panel::panels(rows), cols / gw);
-            let mut m = PackedMatrix {
-                format: BlockFormat::Q4_1G,
-                rows,
-                cols,
-                blocks,
-                codes: vec![0u8; np * blocks * super::panel::PANEL_BLOCK_BYTES],
-                scales: vec![f16::ZERO; np * super::panel::PANEL * per_row],
-                mins: vec![f16::ZERO; np * super::panel::PANEL * per_row],
-                panels: true,
-            };
+            let per_row = cols / gw;
+            let mut m = Self::empty_panels(BlockFormat::Q4_1G, rows, cols);
             for (r, src) in codes.chunks_exact(cols).enumerate() {
                 for g in 0..per_row {
                     let at = super::panel::scale_pos(per_row, r, g);
@@ -301,7 +291,7 @@ impl PackedMatrix {
                 for (b, blk) in src.chunks_exact(QK).enumerate() {
                     let base = super::panel::block_base(blocks, r, b);
                     for k in 0..16 {
-                        m.codes[base + (k / 4) * 64 + k % 4] = blk[k] | (blk[k + 16] << 4);
+                        m.codes[super::panel::byte_of(base, k)] = blk[k] | (blk[k + 16] << 4);
                     }
                 }
             }
@@ -411,7 +401,7 @@ impl PackedMatrix {
         if self.panels {
             let base = super::panel::block_base(self.blocks, r, b);
             for k in 0..16 {
-                let v = self.codes[base + (k / 4) * 64 + k % 4];
+                let v = self.codes[super::panel::byte_of(base, k)];
                 (dst[k], dst[k + 16]) = ((v & 0xF) as i8, (v >> 4) as i8);
             }
             return;

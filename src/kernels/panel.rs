@@ -32,9 +32,18 @@ pub fn panels(rows: usize) -> usize {
 /// (byte, shift) of weight `i` of block `b` of row `r` in a matrix of `blocks` blocks a row.
 #[inline]
 pub fn code_pos(blocks: usize, r: usize, b: usize, i: usize) -> (usize, u32) {
-    let (p, k) = (r / PANEL, r % PANEL);
-    let j = (i % 16) / 4;
-    (((p * blocks + b) * 4 + j) * 64 + k * 4 + i % 4, 4 * (i / 16) as u32)
+    (byte_of(block_base(blocks, r, b), i % 16), 4 * (i / 16) as u32)
+}
+
+/// Where byte `k` (0..16) of a GGUF block's codes sits, from its [`block_base`].
+#[inline]
+pub fn byte_of(base: usize, k: usize) -> usize {
+    base + (k / 4) * 64 + k % 4
+}
+
+/// Whether matrices decoded on `kernel` are laid out in panels (only its panel kernel has SIMD).
+pub fn suits(kernel: super::dot::Kernel) -> bool {
+    kernel == super::dot::Kernel::Avx512Vnni
 }
 
 /// Index of scale (or minimum) `s` of row `r`, with `per_row` of them a row.
@@ -142,7 +151,7 @@ fn scalar_panel<const MIN: bool>(w: &PackedMatrix, p: Panel<'_>, x: ActRow<'_>, 
             let base = b * PANEL_BLOCK_BYTES + k * 4;
             let mut isum = [0i32; QK / LANE];
             for i in 0..QK {
-                let byte = p.codes[base + ((i % 16) / 4) * 64 + i % 4];
+                let byte = p.codes[byte_of(base, i % 16)];
                 let c = (byte >> (4 * (i / 16))) & 0xF;
                 isum[i / LANE] += c as i32 * x.q[b * QK + i] as i32;
             }

@@ -513,7 +513,7 @@ impl BlockRows for AwqLinear {
 /// one `Q4_1G` scale and minimum per 128; others one Q4_1 block per 32.
 fn q4_1_blocks(gq: &GroupQuant) -> std::result::Result<PackedMatrix, String> {
     // In panels where the panel kernel runs (see `kernels::panel`).
-    let panels = Kernel::best() == Kernel::Avx512Vnni;
+    let panels = crate::kernels::panel::suits(Kernel::best());
     let (inf, gs) = (gq.in_features, gq.group_size);
     let ng = inf / gs;
     let min = |g: usize| f16::from_f32(-(gq.zeros[g] as f32) * gq.scales[g].to_f32());

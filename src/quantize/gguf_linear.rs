@@ -55,7 +55,7 @@ impl GgufLinear {
             return Err(err(format!("this CPU cannot run the {kernel:?} kernels")));
         }
         // Q4 rows go in panels where the panel kernel runs (see `kernels::panel`).
-        let panels = kernel == Kernel::Avx512Vnni;
+        let panels = crate::kernels::panel::suits(kernel);
         let w = PackedMatrix::from_gguf_in(format, rows, cols, &q.data()?, panels).map_err(err)?;
         Ok(GgufLinear { w, kernel })
     }
