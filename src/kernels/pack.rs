@@ -20,6 +20,7 @@
 use super::QK;
 use candle_core::quantized::GgmlDType;
 use half::f16;
+use rayon::prelude::*;
 
 /// Q4 blocks interleaved per group.
 pub const GROUP: usize = 4;
@@ -276,25 +277,37 @@ impl PackedMatrix {
                 rows * cols
             ));
         }
-        if let Some(c) = codes.iter().find(|&&c| c > 15) {
-            return Err(format!("code {c} does not fit 4 bits"));
+        // A max fold vectorises (a find stops the compiler from it).
+        let max = codes.iter().fold(0u8, |m, &c| m.max(c));
+        if max > 15 {
+            return Err(format!("code {max} does not fit 4 bits"));
         }
         let blocks = cols / QK;
         if panels {
             let per_row = cols / gw;
+            use super::panel::{block_base, byte_of, scale_pos, PANEL, PANEL_BLOCK_BYTES};
             let mut m = Self::empty_panels(BlockFormat::Q4_1G, rows, cols);
-            for (r, src) in codes.chunks_exact(cols).enumerate() {
+            for r in 0..rows {
                 for g in 0..per_row {
-                    let at = super::panel::scale_pos(per_row, r, g);
+                    let at = scale_pos(per_row, r, g);
                     (m.scales[at], m.mins[at]) = (scales[r * per_row + g], mins[r * per_row + g]);
                 }
-                for (b, blk) in src.chunks_exact(QK).enumerate() {
-                    let base = super::panel::block_base(blocks, r, b);
-                    for k in 0..16 {
-                        m.codes[super::panel::byte_of(base, k)] = blk[k] | (blk[k + 16] << 4);
-                    }
-                }
             }
+            // One panel per task (a 7B checkpoint has 7e9 codes to place).
+            m.codes
+                .par_chunks_mut(blocks * PANEL_BLOCK_BYTES)
+                .enumerate()
+                .for_each(|(p, dst)| {
+                    for (k, src) in codes.chunks_exact(cols).skip(p * PANEL).take(PANEL).enumerate() {
+                        for (b, blk) in src.chunks_exact(QK).enumerate() {
+                            // Row k of a panel sits where row k of the first panel would.
+                            let base = block_base(blocks, k, b);
+                            for j in 0..16 {
+                                dst[byte_of(base, j)] = blk[j] | (blk[j + 16] << 4);
+                            }
+                        }
+                    }
+                });
             return Ok(m);
         }
         let mut packed = vec![0u8; rows * blocks * 16];

@@ -12,6 +12,7 @@ use super::rtn::{check_group_size, GroupQuant};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use half::f16;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
@@ -263,14 +264,30 @@ pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
     let ng = i / group_size;
     check_packed(prefix, p, [i, oc], [ng, oc], [ng, o])?;
     let mut q = vec![0u8; o * i];
-    for r in 0..i {
-        for c in 0..oc {
-            let w = p.qweight[r * oc + c];
-            for (j, &m) in GEMM_ORDER.iter().enumerate() {
-                q[(8 * c + m) * i + r] = nib(w, j);
+    // Tiled by 16 words (128 outputs, one 64-byte line of each `qweight` row) per task, and 64
+    // inputs at a time through a small buffer: writing straight to `q` touched `o` rows per
+    // input, 4 KiB-multiple apart, so every store fell in the same cache set, and unpacking
+    // took most of the load time of an AWQ checkpoint.
+    const WORDS: usize = 16;
+    const INPUTS: usize = 64;
+    q.par_chunks_mut(8 * WORDS * i).enumerate().for_each(|(t, dst)| {
+        let (c0, cw) = (t * WORDS, dst.len() / (8 * i));
+        let mut tile = [[0u8; INPUTS]; 8 * WORDS];
+        for r0 in (0..i).step_by(INPUTS) {
+            let n = INPUTS.min(i - r0);
+            for dr in 0..n {
+                let r = r0 + dr;
+                for (c, &w) in p.qweight[r * oc + c0..r * oc + c0 + cw].iter().enumerate() {
+                    for (j, &m) in GEMM_ORDER.iter().enumerate() {
+                        tile[8 * c + m][dr] = nib(w, j);
+                    }
+                }
+            }
+            for (out, row) in tile.iter().enumerate().take(8 * cw) {
+                dst[out * i + r0..out * i + r0 + n].copy_from_slice(&row[..n]);
             }
         }
-    }
+    });
     let mut zeros = vec![0u8; o * ng];
     let mut scales = vec![f16::ZERO; o * ng];
     for g in 0..ng {
