@@ -244,6 +244,39 @@ fn quantize_commands_produce_loadable_models() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+        // An AutoAWQ checkpoint's f16 head, quantized at load on its own: 8.5 bits a weight.
+        let bench = |extra: &[&str]| -> serde_json::Value {
+            let o = Command::new(common::bin())
+                .args([
+                    "bench",
+                    "--model",
+                    s(&out),
+                    "--pp",
+                    "8",
+                    "--tg",
+                    "2",
+                    "--reps",
+                    "1",
+                    "--json",
+                ])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{method} {extra:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        let (plain, q8) = (bench(&[]), bench(&["--quant-head", "q8_0"]));
+        let saved = plain["weight_bytes"].as_f64().unwrap() - q8["weight_bytes"].as_f64().unwrap();
+        // tiny: a [512, 64] head, at least 2 bytes a weight unquantized.
+        assert!(
+            saved >= (512.0 * 64.0) * (2.0 - 34.0 / 32.0) * 0.99,
+            "{method}: {saved} bytes saved"
+        );
+        assert_eq!(q8["quant_head"], "q8_0");
     }
     let gguf = dir.with_extension("q8.gguf");
     let o = Command::new(common::bin())
@@ -267,6 +300,21 @@ fn quantize_commands_produce_loadable_models() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["by_type"]["Q8_0"]["tensors"].as_u64().unwrap() > 0);
+    // A head that is already quantized is not quantized twice.
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            s(&gguf),
+            "--quant-head",
+            "q4_0",
+            "--prompt",
+            "hi",
+            "-n",
+            "1",
+        ],
+        &["lm_head.weight", "already quantized", "--quant-head"],
+    );
     fails_with(
         &[
             "quantize",

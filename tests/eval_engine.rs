@@ -16,8 +16,7 @@ fn engine_backend_reproduces_transformers_predictions() {
     let opts = LoadOptions {
         dtype: Some(DType::F32),
         device: Device::Cpu,
-        progress: false,
-        quant: None,
+        ..Default::default()
     };
     let mut be = EngineBackend::new(load(dir.to_str().unwrap(), &opts).unwrap(), "smollm2");
     // The letter after "(" is the reference's single-token letter: A=49 .. D=52.

@@ -155,6 +155,7 @@ fn run_in_pool(args: BenchArgs) -> anyhow::Result<()> {
     let v = serde_json::json!({
         "model": args.model.model,
         "quant": args.model.quant,
+        "quant_head": args.model.quant_head,
         "dtype": format!("{:?}", model.dtype).to_lowercase(),
         "threads": threads,
         "pp": args.pp, "tg": args.tg, "batch": args.batch, "reps": args.reps,

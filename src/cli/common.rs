@@ -26,6 +26,10 @@ pub struct ModelArgs {
     /// q5_0, q5_1, q4_k, q5_k, q6_k).
     #[arg(long)]
     pub quant: Option<String>,
+    /// Quantize the LM head (`lm_head.weight`, untied models) while loading, with any --quant
+    /// type: e.g. q8_0 for an AutoAWQ checkpoint, whose head is f16.
+    #[arg(long)]
+    pub quant_head: Option<String>,
 }
 
 impl ModelArgs {
@@ -45,6 +49,11 @@ impl ModelArgs {
             device: source::parse_device(&self.device)?,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             quant: self.quant.as_deref().map(LoadQuant::parse).transpose()?,
+            quant_head: self
+                .quant_head
+                .as_deref()
+                .map(|s| LoadQuant::parse_flag(s, "--quant-head"))
+                .transpose()?,
         };
         let mut m = src
             .load(&opts)

@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// Quantize the local engine's weights at load (int8, nf4, fp4, q8_0, q4_0, q4_k, ...).
     #[arg(long)]
     pub quant: Option<String>,
+    /// Quantize the local engine's LM head at load (any --quant type, e.g. q8_0).
+    #[arg(long)]
+    pub quant_head: Option<String>,
     /// LoRA adapter folder for the local engine.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -112,6 +115,7 @@ pub fn open_backend(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
         threads: args.threads,
         adapter: args.adapter.clone(),
         quant: args.quant.clone(),
+        quant_head: args.quant_head.clone(),
     };
     let m = margs.load()?;
     Ok(Box::new(biomistral::eval::engine::EngineBackend::new(m, model)))
@@ -130,7 +134,7 @@ fn config(args: &EvalArgs, out: PathBuf) -> anyhow::Result<EvalConfig> {
     cfg.on_bad_row = args.on_bad_row;
     cfg.progress = !args.no_progress;
     let meta = json!({
-        "dtype": args.dtype, "quant": args.quant, "adapter": args.adapter, "device": args.device,
+        "dtype": args.dtype, "quant": args.quant, "quant_head": args.quant_head, "adapter": args.adapter, "device": args.device,
         "endpoint": args.endpoint,
     });
     if let serde_json::Value::Object(m) = meta {

@@ -24,6 +24,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         threads: None,
         adapter: None,
         quant: None,
+        quant_head: None,
     };
     let src = margs.open()?;
     let sums = src.weights.summaries();

@@ -275,9 +275,8 @@ pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
         let mut tile = [[0u8; INPUTS]; 8 * WORDS];
         for r0 in (0..i).step_by(INPUTS) {
             let n = INPUTS.min(i - r0);
-            for dr in 0..n {
-                let r = r0 + dr;
-                for (c, &w) in p.qweight[r * oc + c0..r * oc + c0 + cw].iter().enumerate() {
+            for (dr, words) in p.qweight.chunks_exact(oc).skip(r0).take(n).enumerate() {
+                for (c, &w) in words[c0..c0 + cw].iter().enumerate() {
                     for (j, &m) in GEMM_ORDER.iter().enumerate() {
                         tile[8 * c + m][dr] = nib(w, j);
                     }

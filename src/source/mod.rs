@@ -57,6 +57,8 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Quantize the projection weights as they load (`--quant`).
     pub quant: Option<crate::quantize::LoadQuant>,
+    /// Quantize `lm_head.weight` as it loads (`--quant-head`).
+    pub quant_head: Option<crate::quantize::LoadQuant>,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +68,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             progress: false,
             quant: None,
+            quant_head: None,
         }
     }
 }
@@ -222,10 +225,17 @@ impl ModelSource {
     }
 
     pub fn load(mut self, opts: &LoadOptions) -> Result<LoadedModel> {
-        if let Some(quant) = opts.quant {
+        if opts.quant_head.is_some() && !self.weights.contains(crate::quantize::at_load::HEAD) {
+            return Err(Error::invalid(
+                "--quant-head",
+                "this model has no lm_head.weight (its head is tied to the embedding)",
+            ));
+        }
+        if opts.quant.is_some() || opts.quant_head.is_some() {
             self.weights = Box::new(crate::quantize::at_load::QuantizingStore {
                 inner: self.weights,
-                quant,
+                quant: opts.quant,
+                head: opts.quant_head,
             });
         }
         let dtype = opts.dtype.unwrap_or_else(|| self.default_dtype());
