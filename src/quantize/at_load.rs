@@ -115,25 +115,10 @@ impl LoadQuant {
     }
 }
 
-/// `QTensor::quantize` by chunks of rows on the thread pool, the same bytes: candle's runs on
-/// one thread, and a 7B head (131M values) took 5 s of a load that is otherwise 3 s.
+/// [`super::gguf_quant::quantize_rows`] as a tensor.
 fn quantize_rows(w: &candle_core::Tensor, t: GgmlDType) -> Result<QTensor> {
-    use rayon::prelude::*;
-    let (rows, cols) = w.dims2().map_err(|e| Error::msg(e.to_string()))?;
-    let chunk = (1 << 20) / cols.max(1) + 1;
-    let part = |c: usize| -> candle_core::Result<Vec<u8>> {
-        let (r0, n) = (c * chunk, chunk.min(rows - c * chunk));
-        // A fresh copy: `quantize` reads a tensor's storage from its start, whatever the view.
-        QTensor::quantize(&w.narrow(0, r0, n)?.force_contiguous()?, t)?
-            .data()
-            .map(|d| d.to_vec())
-    };
-    let parts: Vec<Vec<u8>> = (0..rows.div_ceil(chunk))
-        .into_par_iter()
-        .map(part)
-        .collect::<candle_core::Result<_>>()
-        .map_err(|e| Error::msg(e.to_string()))?;
-    crate::source::gguf::qtensor_from_bytes(t, &parts.concat(), vec![rows, cols], &candle_core::Device::Cpu)
+    let bytes = super::gguf_quant::quantize_rows(w, t).map_err(|e| Error::msg(e.to_string()))?;
+    crate::source::gguf::qtensor_from_bytes(t, &bytes, w.dims().to_vec(), &candle_core::Device::Cpu)
 }
 
 /// The GGUF type a row of `inf` values gets: k-quants need rows of whole 256-value super-blocks;
