@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::linear::Weight;
 use crate::model::mistral::{TensorSummary, WeightSource};
 use crate::source::gguf::dtype_name;
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,18 +107,12 @@ impl LoadQuant {
                 if t == GgmlDType::F32 {
                     return Ok(Weight::Dense(w.clone()));
                 }
-                Weight::Quant(Arc::new(quantize_rows(&f, t).map_err(|e| {
-                    Error::tensor(name, format!("quantizing to {}: {e}", self.name()))
-                })?))
+                let bytes = super::gguf_quant::quantize_rows(&f, t).map_err(err)?;
+                let q = crate::source::gguf::qtensor_from_bytes(t, &bytes, vec![out, inf], &candle_core::Device::Cpu)?;
+                Weight::Quant(Arc::new(q))
             }
         })
     }
-}
-
-/// [`super::gguf_quant::quantize_rows`] as a tensor.
-fn quantize_rows(w: &candle_core::Tensor, t: GgmlDType) -> Result<QTensor> {
-    let bytes = super::gguf_quant::quantize_rows(w, t).map_err(|e| Error::msg(e.to_string()))?;
-    crate::source::gguf::qtensor_from_bytes(t, &bytes, w.dims().to_vec(), &candle_core::Device::Cpu)
 }
 
 /// The GGUF type a row of `inf` values gets: k-quants need rows of whole 256-value super-blocks;
@@ -267,17 +261,6 @@ mod tests {
         match w {
             Weight::Quant(q) => Some(q.dtype()),
             _ => None,
-        }
-    }
-
-    #[test]
-    fn quantizing_by_row_chunks_gives_candles_bytes() {
-        // 4100 rows of 256: several chunks, the last one short.
-        let w = Tensor::randn(0f32, 0.05, (4100, 256), &Device::Cpu).unwrap();
-        for t in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-            let (a, b) = (quantize_rows(&w, t).unwrap(), QTensor::quantize(&w, t).unwrap());
-            assert_eq!(a.shape().dims(), [4100, 256]);
-            assert!(a.data().unwrap() == b.data().unwrap(), "{t:?}");
         }
     }
 

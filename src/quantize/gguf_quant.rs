@@ -82,6 +82,7 @@ pub fn quantize_for_gguf(name: &str, t: &Tensor, dtype: GgmlDType) -> Result<(Gg
 pub(crate) fn quantize_rows(w: &Tensor, t: GgmlDType) -> candle_core::Result<Vec<u8>> {
     use rayon::prelude::*;
     let (rows, cols) = w.dims2()?;
+    // About a million values a task: enough to amortise the task, small enough to spread.
     let chunk = (1 << 20) / cols.max(1) + 1;
     let part = |c: usize| -> candle_core::Result<Vec<u8>> {
         let (r0, n) = (c * chunk, chunk.min(rows - c * chunk));
@@ -95,4 +96,20 @@ pub(crate) fn quantize_rows(w: &Tensor, t: GgmlDType) -> candle_core::Result<Vec
         .map(part)
         .collect::<candle_core::Result<_>>()?;
     Ok(parts.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn quantizing_by_row_chunks_gives_candles_bytes() {
+        // 4100 rows of 256: several chunks, the last one short.
+        let w = Tensor::randn(0f32, 0.05, (4100, 256), &Device::Cpu).unwrap();
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let want = QTensor::quantize(&w, t).unwrap();
+            assert!(quantize_rows(&w, t).unwrap() == *want.data().unwrap(), "{t:?}");
+        }
+    }
 }
