@@ -52,6 +52,7 @@ fn main() {
         Kernel::best()
     );
     for f in [BlockFormat::Q4_0, BlockFormat::Q8_0] {
+        // Random codes; each block's first two bytes are its f16 scale, 0x2000 (about 0.008).
         let bytes: Vec<u8> = (0..rows * cols / 32 * f.gguf_block_bytes().unwrap())
             .map(|i| {
                 if i % f.gguf_block_bytes().unwrap() < 2 {

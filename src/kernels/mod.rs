@@ -65,6 +65,12 @@ pub(crate) fn low_byte(v: f32) -> u8 {
     (v + 12_582_912.0).to_bits() as u8
 }
 
+/// The largest byte (0 for none), for code-range checks over whole checkpoints: a fold
+/// vectorises, where `any(|c| c > 15)` or `find` ran a byte at a time (12% of an AWQ load).
+pub(crate) fn max_byte(v: &[u8]) -> u8 {
+    v.iter().fold(0u8, |m, &c| m.max(c))
+}
+
 /// `max(|x_i|)` (0 for none) in 16 independent lanes. The comparison form, unlike `f32::max`,
 /// maps to `vmaxps`, so the loop vectorises; NaNs are skipped as `f32::max` skips them.
 #[inline(always)]

@@ -277,8 +277,7 @@ impl PackedMatrix {
                 rows * cols
             ));
         }
-        // A max fold vectorises (a find stops the compiler from it).
-        let max = codes.iter().fold(0u8, |m, &c| m.max(c));
+        let max = super::max_byte(codes);
         if max > 15 {
             return Err(format!("code {max} does not fit 4 bits"));
         }

@@ -108,7 +108,8 @@ impl LoadQuant {
                     return Ok(Weight::Dense(w.clone()));
                 }
                 let bytes = super::gguf_quant::quantize_rows(&f, t).map_err(err)?;
-                let q = crate::source::gguf::qtensor_from_bytes(t, &bytes, vec![out, inf], &candle_core::Device::Cpu)?;
+                let q = crate::source::gguf::qtensor_from_bytes(t, &bytes, vec![out, inf], &candle_core::Device::Cpu)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?;
                 Weight::Quant(Arc::new(q))
             }
         })
