@@ -87,7 +87,7 @@ impl BlockFormat {
 }
 
 /// A `[rows, cols]` block-quantized matrix in the packed layout (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct PackedMatrix {
     pub format: BlockFormat,
     pub rows: usize,
@@ -239,6 +239,49 @@ impl PackedMatrix {
         }
     }
 
+    /// A panel-layout [`BlockFormat::Q4_1G`] matrix whose codes `fill(t, dst)` writes, for
+    /// callers that hold them in some other packing (AutoAWQ's `qweight`): `dst` is the code
+    /// bytes of panels `t * per_task..(t + 1) * per_task` (fewer in the last task), in the
+    /// layout of [`super::panel`], zeroed. Scales and minimums as for [`Self::q4_1_grouped`].
+    /// Tasks run on the thread pool.
+    pub fn q4_1_grouped_panels(
+        rows: usize,
+        cols: usize,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        per_task: usize,
+        fill: impl Fn(usize, &mut [u8]) + Sync,
+    ) -> Result<Self, String> {
+        use super::panel::{scale_pos, PANEL_BLOCK_BYTES};
+        let gw = GROUP * QK;
+        if !cols.is_multiple_of(gw) || cols == 0 || rows == 0 || per_task == 0 {
+            return Err(format!(
+                "[{rows}, {cols}]: the row length must be a positive multiple of {gw}"
+            ));
+        }
+        let (per_row, blocks) = (cols / gw, cols / QK);
+        if scales.len() != rows * per_row || mins.len() != rows * per_row {
+            return Err(format!(
+                "{} scales and {} minimums for [{rows}, {cols}] (expected {} of each)",
+                scales.len(),
+                mins.len(),
+                rows * per_row
+            ));
+        }
+        let mut m = Self::empty_panels(BlockFormat::Q4_1G, rows, cols);
+        for r in 0..rows {
+            for g in 0..per_row {
+                let at = scale_pos(per_row, r, g);
+                (m.scales[at], m.mins[at]) = (scales[r * per_row + g], mins[r * per_row + g]);
+            }
+        }
+        m.codes
+            .par_chunks_mut(per_task * blocks * PANEL_BLOCK_BYTES)
+            .enumerate()
+            .for_each(|(t, dst)| fill(t, dst));
+        Ok(m)
+    }
+
     /// A [`BlockFormat::Q4_1G`] matrix: `codes` `[rows, cols]` (0..=15, one per weight) and per
     /// row and group of 128 a scale and minimum (`[rows, cols / 128]`); `cols` a positive
     /// multiple of 128.
@@ -283,31 +326,19 @@ impl PackedMatrix {
         }
         let blocks = cols / QK;
         if panels {
-            let per_row = cols / gw;
-            use super::panel::{block_base, byte_of, scale_pos, PANEL, PANEL_BLOCK_BYTES};
-            let mut m = Self::empty_panels(BlockFormat::Q4_1G, rows, cols);
-            for r in 0..rows {
-                for g in 0..per_row {
-                    let at = scale_pos(per_row, r, g);
-                    (m.scales[at], m.mins[at]) = (scales[r * per_row + g], mins[r * per_row + g]);
-                }
-            }
+            use super::panel::{block_base, byte_of, PANEL};
             // One panel per task (a 7B checkpoint has 7e9 codes to place).
-            m.codes
-                .par_chunks_mut(blocks * PANEL_BLOCK_BYTES)
-                .enumerate()
-                .for_each(|(p, dst)| {
-                    for (k, src) in codes.chunks_exact(cols).skip(p * PANEL).take(PANEL).enumerate() {
-                        for (b, blk) in src.chunks_exact(QK).enumerate() {
-                            // Row k of a panel sits where row k of the first panel would.
-                            let base = block_base(blocks, k, b);
-                            for j in 0..16 {
-                                dst[byte_of(base, j)] = blk[j] | (blk[j + 16] << 4);
-                            }
+            return Self::q4_1_grouped_panels(rows, cols, scales, mins, 1, |p, dst| {
+                for (k, src) in codes.chunks_exact(cols).skip(p * PANEL).take(PANEL).enumerate() {
+                    for (b, blk) in src.chunks_exact(QK).enumerate() {
+                        // Row k of a panel sits where row k of the first panel would.
+                        let base = block_base(blocks, k, b);
+                        for j in 0..16 {
+                            dst[byte_of(base, j)] = blk[j] | (blk[j + 16] << 4);
                         }
                     }
-                });
-            return Ok(m);
+                }
+            });
         }
         let mut packed = vec![0u8; rows * blocks * 16];
         for (src, dst) in codes.chunks_exact(cols).zip(packed.chunks_exact_mut(blocks * 16)) {

@@ -169,8 +169,8 @@ pub struct AwqPacked {
     pub scales_shape: [usize; 2],
 }
 
-fn nib(word: i32, j: usize) -> u8 {
-    ((word as u32 >> (4 * j)) & 0xF) as u8
+pub(crate) fn nib(word: u32, j: usize) -> u8 {
+    ((word >> (4 * j)) & 0xF) as u8
 }
 
 /// Pack `gq` in AutoAWQ's GEMM layout.
@@ -256,13 +256,95 @@ fn shape_err(name: &str, got: &[usize], want: &[usize]) -> Error {
     Error::tensor(name, format!("shape {got:?}, expected {want:?}"))
 }
 
-/// Unpack AutoAWQ GEMM buffers. `prefix` names the module in errors.
-pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<GroupQuant> {
-    let [i, oc] = p.qweight_shape;
-    let o = oc * 8;
+/// Shapes and element counts of one module's `qweight`, `qzeros` and `scales`.
+#[derive(Clone, Copy)]
+pub(crate) struct Dims {
+    shapes: [[usize; 2]; 3],
+    lens: [usize; 3],
+}
+
+impl AwqPacked {
+    fn dims(&self) -> Dims {
+        Dims {
+            shapes: [self.qweight_shape, self.qzeros_shape, self.scales_shape],
+            lens: [self.qweight.len(), self.qzeros.len(), self.scales.len()],
+        }
+    }
+}
+
+/// GEMM shapes checked against the group size: `(in, out, groups)`.
+pub(crate) fn gemm_dims(prefix: &str, d: Dims, group_size: usize) -> Result<(usize, usize, usize)> {
+    let [i, oc] = d.shapes[0];
     check_group_size(&format!("{prefix}.qweight"), i, group_size)?;
     let ng = i / group_size;
-    check_packed(prefix, p, [i, oc], [ng, oc], [ng, o])?;
+    check_packed(prefix, d, [[i, oc], [ng, oc], [ng, oc * 8]])?;
+    Ok((i, oc * 8, ng))
+}
+
+/// GEMV shapes checked against the group size: `(out, in, groups, qzeros width)`.
+pub(crate) fn gemv_dims(prefix: &str, d: Dims, group_size: usize) -> Result<(usize, usize, usize, usize)> {
+    let [o, ic] = d.shapes[0];
+    let i = ic * 8;
+    check_group_size(&format!("{prefix}.qweight"), i, group_size)?;
+    let ng = i / group_size;
+    let width = d.shapes[1][1];
+    if width * 8 < ng {
+        return Err(Error::tensor(
+            format!("{prefix}.qzeros"),
+            format!("{width} int32 columns cannot hold {ng} group zero points"),
+        ));
+    }
+    check_packed(prefix, d, [[o, ic], [o, width], [o, width * 8]])?;
+    Ok((o, i, ng, width))
+}
+
+/// GEMM zero points and scales as `[out, groups]`, from word and scale accessors of `qzeros`
+/// `[groups, out / 8]` and `scales` `[groups, out]`.
+pub(crate) fn gemm_zeros_scales(
+    o: usize,
+    ng: usize,
+    qzeros: impl Fn(usize) -> u32,
+    scales: impl Fn(usize) -> f16,
+) -> (Vec<u8>, Vec<f16>) {
+    let oc = o / 8;
+    let mut zeros = vec![0u8; o * ng];
+    let mut sc = vec![f16::ZERO; o * ng];
+    for g in 0..ng {
+        for c in 0..oc {
+            let w = qzeros(g * oc + c);
+            for (j, &m) in GEMM_ORDER.iter().enumerate() {
+                zeros[(8 * c + m) * ng + g] = nib(w, j);
+            }
+        }
+        for out in 0..o {
+            sc[out * ng + g] = scales(g * o + out);
+        }
+    }
+    (zeros, sc)
+}
+
+/// GEMV zero points and scales as `[out, groups]`, from accessors of `qzeros` `[out, width]`
+/// and `scales` `[out, 8 * width]` (the padding left out).
+pub(crate) fn gemv_zeros_scales(
+    o: usize,
+    ng: usize,
+    width: usize,
+    qzeros: impl Fn(usize) -> u32,
+    scales: impl Fn(usize) -> f16,
+) -> (Vec<u8>, Vec<f16>) {
+    let mut zeros = Vec::with_capacity(o * ng);
+    let mut sc = Vec::with_capacity(o * ng);
+    for r in 0..o {
+        zeros.extend((0..ng).map(|g| nib(qzeros(r * width + g / 8), g % 8)));
+        sc.extend((0..ng).map(|g| scales(r * width * 8 + g)));
+    }
+    (zeros, sc)
+}
+
+/// Unpack AutoAWQ GEMM buffers. `prefix` names the module in errors.
+pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<GroupQuant> {
+    let (i, o, ng) = gemm_dims(prefix, p.dims(), group_size)?;
+    let oc = o / 8;
     let mut q = vec![0u8; o * i];
     // Tiled by 16 words (128 outputs, one 64-byte line of each `qweight` row) per task, and 64
     // inputs at a time through a small buffer: writing straight to `q` touched `o` rows per
@@ -278,7 +360,7 @@ pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
             for (dr, words) in p.qweight.chunks_exact(oc).skip(r0).take(n).enumerate() {
                 for (c, &w) in words[c0..c0 + cw].iter().enumerate() {
                     for (j, &m) in GEMM_ORDER.iter().enumerate() {
-                        tile[8 * c + m][dr] = nib(w, j);
+                        tile[8 * c + m][dr] = nib(w as u32, j);
                     }
                 }
             }
@@ -287,19 +369,7 @@ pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
             }
         }
     });
-    let mut zeros = vec![0u8; o * ng];
-    let mut scales = vec![f16::ZERO; o * ng];
-    for g in 0..ng {
-        for c in 0..oc {
-            let w = p.qzeros[g * oc + c];
-            for (j, &m) in GEMM_ORDER.iter().enumerate() {
-                zeros[(8 * c + m) * ng + g] = nib(w, j);
-            }
-        }
-        for out in 0..o {
-            scales[out * ng + g] = p.scales[g * o + out];
-        }
-    }
+    let (zeros, scales) = gemm_zeros_scales(o, ng, |k| p.qzeros[k] as u32, |k| p.scales[k]);
     Ok(GroupQuant {
         out_features: o,
         in_features: i,
@@ -312,25 +382,13 @@ pub fn unpack_gemm(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
 
 /// Unpack AutoAWQ GEMV buffers.
 pub fn unpack_gemv(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<GroupQuant> {
-    let [o, ic] = p.qweight_shape;
-    let i = ic * 8;
-    check_group_size(&format!("{prefix}.qweight"), i, group_size)?;
-    let ng = i / group_size;
-    let width = p.qzeros_shape[1];
-    if width * 8 < ng {
-        return Err(Error::tensor(
-            format!("{prefix}.qzeros"),
-            format!("{width} int32 columns cannot hold {ng} group zero points"),
-        ));
-    }
-    check_packed(prefix, p, [o, ic], [o, width], [o, width * 8])?;
-    let q: Vec<u8> = p.qweight.iter().flat_map(|&w| (0..8).map(move |j| nib(w, j))).collect();
-    let mut zeros = Vec::with_capacity(o * ng);
-    let mut scales = Vec::with_capacity(o * ng);
-    for r in 0..o {
-        zeros.extend((0..ng).map(|g| nib(p.qzeros[r * width + g / 8], g % 8)));
-        scales.extend_from_slice(&p.scales[r * width * 8..r * width * 8 + ng]);
-    }
+    let (o, i, ng, width) = gemv_dims(prefix, p.dims(), group_size)?;
+    let q: Vec<u8> = p
+        .qweight
+        .iter()
+        .flat_map(|&w| (0..8).map(move |j| nib(w as u32, j)))
+        .collect();
+    let (zeros, scales) = gemv_zeros_scales(o, ng, width, |k| p.qzeros[k] as u32, |k| p.scales[k]);
     Ok(GroupQuant {
         out_features: o,
         in_features: i,
@@ -341,21 +399,18 @@ pub fn unpack_gemv(prefix: &str, p: &AwqPacked, group_size: usize) -> Result<Gro
     })
 }
 
-fn check_packed(prefix: &str, p: &AwqPacked, qw: [usize; 2], qz: [usize; 2], sc: [usize; 2]) -> Result<()> {
-    for (suffix, shape, len, want) in [
-        ("qweight", p.qweight_shape, p.qweight.len(), qw),
-        ("qzeros", p.qzeros_shape, p.qzeros.len(), qz),
-        ("scales", p.scales_shape, p.scales.len(), sc),
-    ] {
-        if shape != want || len != want[0] * want[1] {
-            return Err(shape_err(&format!("{prefix}.{suffix}"), &shape, &want));
+fn check_packed(prefix: &str, d: Dims, want: [[usize; 2]; 3]) -> Result<()> {
+    for (k, suffix) in ["qweight", "qzeros", "scales"].iter().enumerate() {
+        let (shape, w) = (d.shapes[k], want[k]);
+        if shape != w || d.lens[k] != w[0] * w[1] {
+            return Err(shape_err(&format!("{prefix}.{suffix}"), &shape, &w));
         }
     }
     Ok(())
 }
 
-/// Read a 2-D tensor of the given dtype as raw little-endian elements.
-fn read_2d(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<(Vec<u8>, [usize; 2])> {
+/// A 2-D tensor of the given dtype as its stored little-endian bytes.
+fn view_2d<'a>(st: &SafeTensors<'a>, name: &str, dtype: Dtype) -> Result<(&'a [u8], [usize; 2])> {
     let t = st
         .tensor(name)
         .map_err(|_| Error::tensor(name, "missing from the checkpoint"))?;
@@ -366,15 +421,62 @@ fn read_2d(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<(Vec<u8>, [usiz
         ));
     }
     match t.shape() {
-        &[r, c] => Ok((t.data().to_vec(), [r, c])),
+        &[r, c] => Ok((t.data(), [r, c])),
         s => Err(Error::tensor(name, format!("shape {s:?} is not 2-D"))),
     }
 }
 
-fn i32s(b: &[u8]) -> Vec<i32> {
-    b.chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// One module's `qweight`, `qzeros` (int32) and `scales` (f16) as stored: little-endian bytes
+/// borrowed from the mapped checkpoint, dtypes checked, shapes not yet.
+pub struct AwqBytes<'a> {
+    pub qweight: &'a [u8],
+    pub qzeros: &'a [u8],
+    pub scales: &'a [u8],
+    pub shapes: [[usize; 2]; 3],
+}
+
+impl<'a> AwqBytes<'a> {
+    /// Read `<prefix>.qweight/.qzeros/.scales`.
+    pub fn read(st: &SafeTensors<'a>, prefix: &str) -> Result<Self> {
+        let (qweight, qw) = view_2d(st, &format!("{prefix}.qweight"), Dtype::I32)?;
+        let (qzeros, qz) = view_2d(st, &format!("{prefix}.qzeros"), Dtype::I32)?;
+        let (scales, sc) = view_2d(st, &format!("{prefix}.scales"), Dtype::F16)?;
+        Ok(AwqBytes {
+            qweight,
+            qzeros,
+            scales,
+            shapes: [qw, qz, sc],
+        })
+    }
+
+    pub(crate) fn dims(&self) -> Dims {
+        Dims {
+            shapes: self.shapes,
+            lens: [self.qweight.len() / 4, self.qzeros.len() / 4, self.scales.len() / 2],
+        }
+    }
+
+    /// Int32 `k` of a buffer, as u32.
+    pub(crate) fn word(b: &[u8], k: usize) -> u32 {
+        u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]])
+    }
+
+    pub(crate) fn scale(&self, k: usize) -> f16 {
+        f16::from_le_bytes([self.scales[2 * k], self.scales[2 * k + 1]])
+    }
+
+    /// An owned copy as int32 words.
+    pub fn packed(&self) -> AwqPacked {
+        let words = |b: &[u8]| (0..b.len() / 4).map(|k| Self::word(b, k) as i32).collect();
+        AwqPacked {
+            qweight: words(self.qweight),
+            qweight_shape: self.shapes[0],
+            qzeros: words(self.qzeros),
+            qzeros_shape: self.shapes[1],
+            scales: (0..self.scales.len() / 2).map(|k| self.scale(k)).collect(),
+            scales_shape: self.shapes[2],
+        }
+    }
 }
 
 /// Read any float tensor (f16, bf16, f32) as f32.
@@ -396,19 +498,9 @@ pub(crate) fn floats(name: &str, dtype: Dtype, b: &[u8]) -> Result<Vec<f32>> {
     })
 }
 
-/// Read `<prefix>.qweight/.qzeros/.scales` and check them against `cfg`.
+/// Read `<prefix>.qweight/.qzeros/.scales` (dtypes checked) as owned words.
 pub fn load_awq_packed(st: &SafeTensors, prefix: &str, _cfg: &AwqConfig) -> Result<AwqPacked> {
-    let (qw, qweight_shape) = read_2d(st, &format!("{prefix}.qweight"), Dtype::I32)?;
-    let (qz, qzeros_shape) = read_2d(st, &format!("{prefix}.qzeros"), Dtype::I32)?;
-    let (sc, scales_shape) = read_2d(st, &format!("{prefix}.scales"), Dtype::F16)?;
-    Ok(AwqPacked {
-        qweight: i32s(&qw),
-        qweight_shape,
-        qzeros: i32s(&qz),
-        qzeros_shape,
-        scales: sc.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect(),
-        scales_shape,
-    })
+    Ok(AwqBytes::read(st, prefix)?.packed())
 }
 
 /// Load and unpack one module's codes, scales and zeros in the plain layout.
@@ -421,18 +513,32 @@ pub fn load_awq_quant(st: &SafeTensors, prefix: &str, cfg: &AwqConfig) -> Result
 }
 
 /// Load one AWQ module (`prefix` = e.g. `model.layers.0.self_attn.q_proj`) as a packed int4
-/// linear layer, with its optional `<prefix>.bias`.
+/// linear layer, with its optional `<prefix>.bias`. Where the kernels take it, the codes go
+/// straight from the mapped `qweight` into their layout ([`super::awq_panels`]).
 pub fn load_awq_linear(st: &SafeTensors, prefix: &str, cfg: &AwqConfig) -> Result<AwqLinear> {
-    let gq = load_awq_quant(st, prefix, cfg)?;
+    let v = AwqBytes::read(st, prefix)?;
+    let gs = cfg.group_size;
+    let out = match cfg.version {
+        AwqVersion::Gemm => gemm_dims(prefix, v.dims(), gs)?.1,
+        AwqVersion::Gemv => gemv_dims(prefix, v.dims(), gs)?.0,
+    };
     let bias_name = format!("{prefix}.bias");
     let bias = match st.tensor(&bias_name) {
         Err(_) => None,
         Ok(t) => {
-            if t.shape() != [gq.out_features] {
-                return Err(shape_err(&bias_name, t.shape(), &[gq.out_features]));
+            if t.shape() != [out] {
+                return Err(shape_err(&bias_name, t.shape(), &[out]));
             }
             Some(floats(&bias_name, t.dtype(), t.data())?)
         }
+    };
+    if super::awq_panels::applies(gs) {
+        return super::awq_panels::load(prefix, &v, cfg, bias);
+    }
+    let p = v.packed();
+    let gq = match cfg.version {
+        AwqVersion::Gemm => unpack_gemm(prefix, &p, gs)?,
+        AwqVersion::Gemv => unpack_gemv(prefix, &p, gs)?,
     };
     AwqLinear::new(&gq, bias)
 }

@@ -79,26 +79,7 @@ impl std::fmt::Debug for AwqLinear {
 impl AwqLinear {
     pub fn new(gq: &GroupQuant, bias: Option<Vec<f32>>) -> Result<Self> {
         gq.validate("AwqLinear")?;
-        if gq.in_features == 0 || gq.out_features == 0 {
-            return Err(Error::invalid(
-                "AwqLinear shape",
-                format!("[{}, {}] has no weights", gq.out_features, gq.in_features),
-            ));
-        }
-        if !gq.group_size.is_multiple_of(8) {
-            return Err(Error::invalid(
-                "group_size",
-                format!("{} is not a multiple of 8", gq.group_size),
-            ));
-        }
-        if let Some(b) = &bias {
-            if b.len() != gq.out_features {
-                return Err(Error::tensor(
-                    "bias",
-                    format!("{} values for {} outputs", b.len(), gq.out_features),
-                ));
-            }
-        }
+        check_shape(gq.out_features, gq.in_features, gq.group_size, bias.as_deref())?;
         let blocked = gq.in_features.is_multiple_of(64);
         let blocks = if gq.in_features.is_multiple_of(QK) && gq.group_size.is_multiple_of(QK) {
             Some(q4_1_blocks(gq).map_err(|m| Error::tensor("AwqLinear", m))?)
@@ -123,6 +104,47 @@ impl AwqLinear {
             scales: gq.scales.clone(),
             bias,
         })
+    }
+
+    /// From codes already in Q4_1G form (`blocks`, built from these `zeros` and `scales`,
+    /// `[out, groups]`, by [`q4_1g_scales`]).
+    pub(super) fn from_q4_1g(
+        blocks: PackedMatrix,
+        group_size: usize,
+        zeros: Vec<u8>,
+        scales: Vec<f16>,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        let (out_features, in_features) = (blocks.rows, blocks.cols);
+        check_shape(out_features, in_features, group_size, bias.as_deref())?;
+        let ng = in_features / group_size;
+        if zeros.len() != out_features * ng || scales.len() != out_features * ng || blocks.format != BlockFormat::Q4_1G
+        {
+            return Err(Error::tensor(
+                "AwqLinear",
+                format!(
+                    "{} zeros and {} scales for [{out_features}, {in_features}] group {group_size}",
+                    zeros.len(),
+                    scales.len()
+                ),
+            ));
+        }
+        Ok(AwqLinear {
+            blocks: Some(blocks),
+            blocked: in_features.is_multiple_of(64),
+            in_features,
+            out_features,
+            group_size,
+            packed: Vec::new(),
+            zeros,
+            scales,
+            bias,
+        })
+    }
+
+    /// The codes as Q4_1 / Q4_1G blocks, where groups are whole 32-blocks.
+    pub fn q4_blocks(&self) -> Option<&PackedMatrix> {
+        self.blocks.as_ref()
     }
 
     pub fn in_features(&self) -> usize {
@@ -507,6 +529,49 @@ impl BlockRows for AwqLinear {
     }
 }
 
+fn check_shape(out: usize, inf: usize, group_size: usize, bias: Option<&[f32]>) -> Result<()> {
+    if inf == 0 || out == 0 {
+        return Err(Error::invalid(
+            "AwqLinear shape",
+            format!("[{out}, {inf}] has no weights"),
+        ));
+    }
+    if !group_size.is_multiple_of(8) {
+        return Err(Error::invalid(
+            "group_size",
+            format!("{group_size} is not a multiple of 8"),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.len() != out {
+            return Err(Error::tensor("bias", format!("{} values for {out} outputs", b.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Per row and 128 weights, the Q4_1G scale `s` and minimum `f16(-z * s)` of a matrix whose
+/// groups (`zeros`, `scales` `[out, in / group_size]`) are whole multiples of 128.
+pub(super) fn q4_1g_scales(
+    out: usize,
+    inf: usize,
+    group_size: usize,
+    zeros: &[u8],
+    scales: &[f16],
+) -> (Vec<f16>, Vec<f16>) {
+    let (gw, ng) = (GROUP * QK, inf / group_size);
+    let per_row = inf / gw;
+    let group = |i: usize| (i / per_row) * ng + (i % per_row) * gw / group_size;
+    let n = out * per_row;
+    let mins = (0..n).map(|i| q4_1_min(zeros[group(i)], scales[group(i)]));
+    ((0..n).map(|i| scales[group(i)]).collect(), mins.collect())
+}
+
+/// The Q4_1 minimum of an AutoAWQ group: `f16(-z * s)`.
+fn q4_1_min(zero: u8, scale: f16) -> f16 {
+    f16::from_f32(-(zero as f32) * scale.to_f32())
+}
+
 /// The codes of a group-quantized matrix whose groups are whole 32-blocks as Q4_1 values: scale
 /// `s`, minimum `f16(-z * s)` (AutoAWQ rounds each weight `(c - z) * s` to f16 itself, an error
 /// of the same size), codes as they are. Groups that are whole multiples of 128 weights become
@@ -516,14 +581,10 @@ fn q4_1_blocks(gq: &GroupQuant) -> std::result::Result<PackedMatrix, String> {
     let panels = crate::kernels::panel::suits(Kernel::best());
     let (inf, gs) = (gq.in_features, gq.group_size);
     let ng = inf / gs;
-    let min = |g: usize| f16::from_f32(-(gq.zeros[g] as f32) * gq.scales[g].to_f32());
-    let gw = GROUP * QK;
-    if gs.is_multiple_of(gw) {
-        let per_row = inf / gw;
-        let group = |o: usize, k: usize| o * ng + k * gw / gs;
-        let scales = (0..gq.out_features * per_row).map(|i| gq.scales[group(i / per_row, i % per_row)]);
-        let mins = (0..gq.out_features * per_row).map(|i| min(group(i / per_row, i % per_row)));
-        return PackedMatrix::q4_1_grouped_in(gq.out_features, inf, &gq.q, scales.collect(), mins.collect(), panels);
+    let min = |g: usize| q4_1_min(gq.zeros[g], gq.scales[g]);
+    if gs.is_multiple_of(GROUP * QK) {
+        let (scales, mins) = q4_1g_scales(gq.out_features, inf, gs, &gq.zeros, &gq.scales);
+        return PackedMatrix::q4_1_grouped_in(gq.out_features, inf, &gq.q, scales, mins, panels);
     }
     let mut bytes = Vec::with_capacity(gq.out_features * inf / QK * 20);
     for o in 0..gq.out_features {

@@ -20,6 +20,7 @@ pub mod at_load;
 pub mod awq;
 pub mod awq_linear;
 pub mod awq_model;
+pub mod awq_panels;
 pub mod awq_search;
 pub mod bnb;
 pub mod bnb_ckpt;
