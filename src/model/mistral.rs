@@ -5,6 +5,7 @@
 //! gradients, so `differentiable` switches the fused no-backward kernels (rope, softmax,
 //! rms-norm) for their composed equivalents.
 use super::config::ModelConfig;
+use super::embedding::Embedding;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, LinearKind, Weight};
 use crate::error::{Error, Result};
@@ -154,7 +155,9 @@ pub struct Block {
 
 pub struct Model {
     pub cfg: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
+    /// `lm_head` was built from the embedding table (no `lm_head.weight` in the checkpoint).
+    head_tied: bool,
     pub layers: Vec<Block>,
     norm: RmsNorm,
     pub lm_head: Linear,
@@ -207,7 +210,7 @@ impl Model {
         };
 
         let embed_w = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let embed_tokens = embed_w.to_dense(dtype)?;
+        let embed_tokens = Embedding::new(embed_w, dtype, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -233,18 +236,21 @@ impl Model {
             });
         }
         let norm_w = norm(get("model.norm.weight", &[h])?)?;
-        let lm_head = if !cfg.tie_word_embeddings || src.contains("lm_head.weight") {
+        let head_tied = cfg.tie_word_embeddings && !src.contains("lm_head.weight");
+        let lm_head = if !head_tied {
             linear(get("lm_head.weight", &[cfg.vocab_size, h])?)?
         } else {
-            // Tied: reuse the embedding weight; keep GGUF blocks quantized for the fast path.
-            match embed_w {
-                Weight::Quant(q) => Linear::new(Weight::Quant(q), dtype)?,
-                Weight::Dense(_) | Weight::Custom(_) => Linear::dense(embed_tokens.clone()),
+            // Tied: a table in the compute dtype is shared; GGUF blocks stay quantized for the
+            // fast path, and an f16 / bf16 table becomes a 2-byte head of its own.
+            match embed_tokens.dense_tensor() {
+                Some(t) if t.dtype() == dtype => Linear::dense(t.clone()),
+                _ => Linear::new(embed_tokens.weight(), dtype)?,
             }
         };
         Ok(Model {
             cfg: cfg.clone(),
             embed_tokens,
+            head_tied,
             layers,
             norm: norm_w,
             lm_head,
@@ -277,8 +283,9 @@ impl Model {
     /// keeps sharing the (new) embedding tensor and is not visited separately.
     pub fn map_weights(&mut self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
         // A GGUF keeps a tied head as its own quantized copy of the embedding.
-        let tied = self.lm_head_tied() || (self.cfg.tie_word_embeddings && self.lm_head.is_block_quant());
-        self.embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
+        let tied = self.head_tied || (self.cfg.tie_word_embeddings && self.lm_head.is_block_quant());
+        let embed = f("model.embed_tokens.weight", &self.embed_tokens.to_dense()?)?;
+        self.embed_tokens = Embedding::dense(embed.clone());
         let dtype = self.dtype;
         for (name, l) in self.projections_mut() {
             l.kind = LinearKind::Dense(f(&format!("{name}.weight"), &l.base_dense(dtype)?)?);
@@ -293,7 +300,7 @@ impl Model {
         }
         self.norm.weight = f("model.norm.weight", &self.norm.weight)?;
         if tied {
-            self.lm_head.kind = LinearKind::Dense(self.embed_tokens.clone());
+            self.lm_head.kind = LinearKind::Dense(embed);
         } else {
             self.lm_head.kind = LinearKind::Dense(f("lm_head.weight", &self.lm_head.base_dense(dtype)?)?);
         }
@@ -302,14 +309,15 @@ impl Model {
 
     /// Whether `lm_head` shares the embedding matrix.
     pub fn lm_head_tied(&self) -> bool {
-        matches!(&self.lm_head.kind, LinearKind::Dense(w) if w.id() == self.embed_tokens.id())
+        let table = self.embed_tokens.dense_tensor().map(|t| t.id());
+        matches!(&self.lm_head.kind, LinearKind::Dense(w) if Some(w.id()) == table)
     }
 
     /// Bytes the weights take in memory, in whatever format each is held (adapters included; a
     /// tied head counted once).
     pub fn weight_bytes(&self) -> usize {
         let t = crate::model::linear::tensor_bytes;
-        let mut n = t(&self.embed_tokens) + t(&self.norm.weight);
+        let mut n = self.embed_tokens.bytes() + t(&self.norm.weight);
         for l in &self.layers {
             n += t(&l.input_layernorm.weight) + t(&l.post_attention_layernorm.weight);
             let (a, m) = (&l.self_attn, &l.mlp);
@@ -353,7 +361,7 @@ impl Model {
                 ));
             }
         }
-        Ok(self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, ()))?)
+        Ok(self.embed_tokens.lookup(&ids)?.reshape((b, t, ()))?)
     }
 
     /// Run decoder layers `range` over hidden states `[B, T, H]`.

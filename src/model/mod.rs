@@ -1,6 +1,7 @@
 //! The model: configuration, the decoder, its KV cache and the `Linear` weight seam
 //! (with f16 / bf16 weights kept at 2 bytes in `half_linear`).
 pub mod config;
+pub mod embedding;
 pub mod half_linear;
 pub mod kv_cache;
 pub mod linear;
