@@ -92,14 +92,14 @@ impl LoadQuant {
             .dims2()
             .map_err(|_| Error::tensor(name, format!("expected a matrix, got shape {:?}", w.dims())))?;
         let err = |e: candle_core::Error| Error::tensor(name, format!("quantizing to {}: {e}", self.name()));
-        let f = w.to_dtype(DType::F32).map_err(err)?;
+        let floats = || w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
         Ok(match *self {
             LoadQuant::Int8 { threshold } => {
-                let v = f.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?;
+                let v = floats().map_err(err)?;
                 Weight::Custom(Arc::new(Int8Linear::quantize(name, &v, out, inf, threshold, None)?))
             }
             LoadQuant::Bnb4 { kind, block } => {
-                let v = f.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?;
+                let v = floats().map_err(err)?;
                 Weight::Custom(Arc::new(Bnb4Linear::quantize(name, kind, &v, out, inf, block, None)?))
             }
             LoadQuant::Gguf(t) => {
@@ -107,7 +107,7 @@ impl LoadQuant {
                 if t == GgmlDType::F32 {
                     return Ok(Weight::Dense(w.clone()));
                 }
-                let bytes = super::gguf_quant::quantize_rows(&f, t).map_err(err)?;
+                let bytes = super::gguf_quant::quantize_rows(w, t).map_err(err)?;
                 let q = crate::source::gguf::qtensor_from_bytes(t, &bytes, vec![out, inf], &candle_core::Device::Cpu)
                     .map_err(|e| Error::tensor(name, e.to_string()))?;
                 Weight::Quant(Arc::new(q))
