@@ -633,17 +633,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn random_layer(rng: &mut rand::rngs::StdRng, out: usize, inf: usize, gs: usize, bias: bool) -> AwqLinear {
-        let ng = inf / gs;
-        let gq = GroupQuant {
-            out_features: out,
-            in_features: inf,
-            group_size: gs,
-            q: (0..out * inf).map(|_| rng.gen_range(0..16u8)).collect(),
-            zeros: (0..out * ng).map(|_| rng.gen_range(0..16u8)).collect(),
-            scales: (0..out * ng)
-                .map(|_| f16::from_f32(rng.gen_range(0.001..0.05)))
-                .collect(),
-        };
+        let gq = GroupQuant::random(rng, out, inf, gs, 0.05);
         let b = bias.then(|| (0..out).map(|_| rng.gen_range(-1.0..1.0)).collect());
         AwqLinear::new(&gq, b).unwrap()
     }

@@ -28,7 +28,7 @@ pub fn applies(group_size: usize) -> bool {
 /// hold for `cfg.group_size`.
 pub fn load(prefix: &str, v: &AwqBytes, cfg: &AwqConfig, bias: Option<Vec<f32>>) -> Result<AwqLinear> {
     let gs = cfg.group_size;
-    let word = |b: &[u8], k: usize| AwqBytes::word(b, k);
+    let word = AwqBytes::word;
     let (o, i, zeros, scales) = match cfg.version {
         AwqVersion::Gemm => {
             let (i, o, ng) = gemm_dims(prefix, v.dims(), gs)?;
@@ -136,21 +136,7 @@ mod tests {
     use super::*;
     use crate::quantize::awq::{pack_gemm, pack_gemv, unpack_gemm, unpack_gemv, AwqPacked};
     use crate::quantize::rtn::GroupQuant;
-    use rand::{Rng, SeedableRng};
-
-    fn random(rng: &mut rand::rngs::StdRng, out: usize, inf: usize, gs: usize) -> GroupQuant {
-        let ng = inf / gs;
-        GroupQuant {
-            out_features: out,
-            in_features: inf,
-            group_size: gs,
-            q: (0..out * inf).map(|_| rng.gen_range(0..16u8)).collect(),
-            zeros: (0..out * ng).map(|_| rng.gen_range(0..16u8)).collect(),
-            scales: (0..out * ng)
-                .map(|_| half::f16::from_f32(rng.gen_range(0.001..0.1f32)))
-                .collect(),
-        }
-    }
+    use rand::SeedableRng;
 
     fn bytes(p: &AwqPacked) -> [Vec<u8>; 3] {
         let le = |v: &[i32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
@@ -171,7 +157,7 @@ mod tests {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for (out, inf, gs) in [(8, 128, 128), (24, 256, 128), (136, 512, 256), (256, 384, 128)] {
-            let gq = random(&mut rng, out, inf, gs);
+            let gq = GroupQuant::random(&mut rng, out, inf, gs, 0.1);
             for version in [AwqVersion::Gemm, AwqVersion::Gemv] {
                 let (packed, general) = match version {
                     AwqVersion::Gemm => {
@@ -212,7 +198,7 @@ mod tests {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-        let p = pack_gemm(&random(&mut rng, 16, 256, 128)).unwrap();
+        let p = pack_gemm(&GroupQuant::random(&mut rng, 16, 256, 128, 0.1)).unwrap();
         let [qw, qz, sc] = bytes(&p);
         let v = AwqBytes {
             qweight: &qw,

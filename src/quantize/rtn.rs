@@ -66,6 +66,22 @@ impl GroupQuant {
     }
 }
 
+#[cfg(test)]
+impl GroupQuant {
+    /// Random codes and zero points, and scales in `0.001..max_scale` (tests).
+    pub(crate) fn random(rng: &mut impl rand::Rng, out: usize, inf: usize, gs: usize, max_scale: f32) -> Self {
+        let ng = inf / gs;
+        GroupQuant {
+            out_features: out,
+            in_features: inf,
+            group_size: gs,
+            q: (0..out * inf).map(|_| rng.gen_range(0..16u8)).collect(),
+            zeros: (0..out * ng).map(|_| rng.gen_range(0..16u8)).collect(),
+            scales: (0..out * ng).map(|_| h(rng.gen_range(0.001..max_scale))).collect(),
+        }
+    }
+}
+
 /// A group size must be positive and divide the input width (AutoAWQ would silently reshape
 /// wrong otherwise).
 pub fn check_group_size(what: &str, in_features: usize, group_size: usize) -> Result<()> {
