@@ -67,7 +67,9 @@ fn pair_bytes(lo: u32, hi: u32) -> [u32; 2] {
 /// Panels `t * TASK_PANELS..` of a GEMM `qweight` `[in, out / 8]` (`oc` words a row): nibble
 /// `j` of word `c` is output `8c + GEMM_ORDER[j]`, so word `c` fills rows `8 (c % 2)..+ 8` of
 /// panel `c / 2`. One block of all the task's panels is built in a 2 KiB tile, then copied out
-/// (writing the panels directly put 8 lines of one cache set in flight per input).
+/// 256 bytes at a time: written in place, each input would store into 8 panels whole panel
+/// lengths apart (multiples of 4 KiB for Mistral's widths), the pattern that made the old
+/// unpack slow (see [`super::awq::unpack_gemm`]).
 fn gemm_fill(qweight: &[u8], inf: usize, oc: usize, t: usize, dst: &mut [u8]) {
     let blocks = inf / QK;
     let panel_bytes = blocks * PANEL_BLOCK_BYTES;
