@@ -25,6 +25,8 @@ pub const NR: usize = 32;
 pub const KC_BLOCKS: usize = 64;
 /// Input rows per micro-kernel call (4 rows x 2 vectors = 8 i32 and 8 f32 accumulators).
 const MR: usize = 4;
+/// Scales of a block whose scales cover 16 weights each.
+pub const SUB_SCALES: usize = 2;
 
 /// A weight matrix that can hand out its blocks as signed codes with per-block scales (and
 /// minimums): weight = `code * scale (+ min)`.
@@ -33,8 +35,14 @@ pub trait BlockRows: Sync {
     /// A multiple of 32.
     fn cols(&self) -> usize;
     fn has_mins(&self) -> bool;
-    /// Row `r`, blocks `b0..b0 + scales.len()`: 32 codes per block into `codes`, and each
-    /// block's scale (and minimum, when [`Self::has_mins`]).
+    /// Scales per 32-block: 1, or [`SUB_SCALES`] for formats whose scales cover 16 weights
+    /// (Q6_K); such formats have no minimums.
+    fn scales_per_block(&self) -> usize {
+        1
+    }
+    /// Row `r`, blocks `b0..b0 + codes.len() / 32`: 32 codes per block into `codes`, each
+    /// block's [`Self::scales_per_block`] scales (in weight order) into `scales`, and its
+    /// minimum, when [`Self::has_mins`], into `mins` (one per block).
     fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]);
 }
 
@@ -172,11 +180,13 @@ impl BlockActs {
 #[derive(Default)]
 struct Panel {
     kb: usize,
+    /// Scales per block (1 or [`SUB_SCALES`]): each covers `32 / subs` weights.
+    subs: usize,
     /// `[kb][8][NR][4]`.
     codes: Vec<i8>,
-    /// `[kb][NR]`: `-128 * sum(codes)`.
+    /// `[kb][subs][NR]`: `-128 * sum(codes)` of each scale's weights.
     corr: Vec<i32>,
-    /// `[kb][NR]`.
+    /// `[kb][subs][NR]`.
     d: Vec<f32>,
     /// `[kb][NR]` (zeros without minimums).
     m: Vec<f32>,
@@ -189,26 +199,30 @@ struct Panel {
 impl Panel {
     /// Unpack rows `o0..o0 + NR` (zeros past the last row), blocks `b0..b0 + kb`.
     fn pack<W: BlockRows + ?Sized>(&mut self, w: &W, o0: usize, b0: usize, kb: usize) {
-        self.kb = kb;
+        let subs = w.scales_per_block();
+        debug_assert!(subs == 1 || (subs == SUB_SCALES && !w.has_mins()));
+        (self.kb, self.subs) = (kb, subs);
         let len = kb * QK;
         self.codes.resize(len * NR, 0);
         self.row.clear();
         self.row.resize(len * NR, 0);
-        for v in [&mut self.d, &mut self.m] {
-            v.clear();
-            v.resize(kb * NR, 0.0);
-        }
+        self.d.clear();
+        self.d.resize(kb * subs * NR, 0.0);
+        self.m.clear();
+        self.m.resize(kb * NR, 0.0);
         self.corr.clear();
-        self.corr.resize(kb * NR, 0);
-        self.row_d.resize(kb, 0.0);
+        self.corr.resize(kb * subs * NR, 0);
+        self.row_d.resize(kb * subs, 0.0);
         self.row_m.resize(kb, 0.0);
         for j in 0..NR.min(w.rows().saturating_sub(o0)) {
             let src = &mut self.row[j * len..(j + 1) * len];
             w.unpack(o0 + j, b0, src, &mut self.row_d, &mut self.row_m);
-            for (b, blk) in src.chunks_exact(QK).enumerate() {
-                let sum: i32 = blk.iter().map(|&c| c as i32).sum();
-                self.corr[b * NR + j] = -128 * sum;
-                self.d[b * NR + j] = self.row_d[b];
+            for (k, sub) in src.chunks_exact(QK / subs).enumerate() {
+                let sum: i32 = sub.iter().map(|&c| c as i32).sum();
+                self.corr[k * NR + j] = -128 * sum;
+                self.d[k * NR + j] = self.row_d[k];
+            }
+            for b in 0..kb {
                 self.m[b * NR + j] = self.row_m[b];
             }
         }
@@ -400,22 +414,27 @@ unsafe fn scalar(p: &Panel, a: &BlockActs, t: Tile) {
         let xq = &a.q[row * a.cols..(row + 1) * a.cols];
         for j in 0..width {
             let mut f = 0f32;
+            let groups = 8 / p.subs;
             for b in 0..p.kb {
-                let isum = |xq: &[u8]| {
-                    let mut isum = p.corr[b * NR + j];
-                    for g in 0..8 {
-                        let at = ((b * 8 + g) * NR + j) * 4;
-                        for t in 0..4 {
-                            isum += xq[(b0 + b) * QK + g * 4 + t] as i32 * p.codes[at + t] as i32;
-                        }
-                    }
-                    isum
-                };
                 let at = row * a.blocks + b0 + b;
                 let (dx, d2x, sx) = (a.d[at], a.d2[at], a.s[at]);
-                f = (isum(xq) as f32).mul_add(p.d[b * NR + j] * dx, f);
-                if d2x != 0.0 {
-                    f = (isum(&a.q2[row * a.cols..(row + 1) * a.cols]) as f32).mul_add(p.d[b * NR + j] * d2x, f);
+                for h in 0..p.subs {
+                    let k = b * p.subs + h;
+                    let isum = |xq: &[u8]| {
+                        let mut isum = p.corr[k * NR + j];
+                        for g in h * groups..(h + 1) * groups {
+                            let at = ((b * 8 + g) * NR + j) * 4;
+                            for t in 0..4 {
+                                isum += xq[(b0 + b) * QK + g * 4 + t] as i32 * p.codes[at + t] as i32;
+                            }
+                        }
+                        isum
+                    };
+                    let dw = p.d[k * NR + j];
+                    f = (isum(xq) as f32).mul_add(dw * dx, f);
+                    if d2x != 0.0 {
+                        f = (isum(&a.q2[row * a.cols..(row + 1) * a.cols]) as f32).mul_add(dw * d2x, f);
+                    }
                 }
                 if mins {
                     f = p.m[b * NR + j].mul_add(sx, f);
@@ -429,7 +448,7 @@ unsafe fn scalar(p: &Panel, a: &BlockActs, t: Tile) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{BlockActs, Panel, Tile, MR, NR};
+    use super::{BlockActs, Panel, Tile, MR, NR, SUB_SCALES};
     use crate::kernels::QK;
     use std::arch::x86_64::*;
 
@@ -439,23 +458,27 @@ mod avx512 {
     pub(super) unsafe fn chunk(p: &Panel, a: &BlockActs, t: Tile) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match (t.mr, t.mins) {
-                (4, false) => rows::<4, false>(p, a, t),
-                (4, true) => rows::<4, true>(p, a, t),
-                (3, false) => rows::<3, false>(p, a, t),
-                (3, true) => rows::<3, true>(p, a, t),
-                (2, false) => rows::<2, false>(p, a, t),
-                (2, true) => rows::<2, true>(p, a, t),
-                (1, false) => rows::<1, false>(p, a, t),
-                (1, true) => rows::<1, true>(p, a, t),
-                _ => unreachable!("at most {MR} rows"),
+            match (t.mr, t.mins, p.subs) {
+                (4, false, 1) => rows::<4, false, 1>(p, a, t),
+                (4, true, 1) => rows::<4, true, 1>(p, a, t),
+                (4, false, SUB_SCALES) => rows::<4, false, SUB_SCALES>(p, a, t),
+                (3, false, 1) => rows::<3, false, 1>(p, a, t),
+                (3, true, 1) => rows::<3, true, 1>(p, a, t),
+                (3, false, SUB_SCALES) => rows::<3, false, SUB_SCALES>(p, a, t),
+                (2, false, 1) => rows::<2, false, 1>(p, a, t),
+                (2, true, 1) => rows::<2, true, 1>(p, a, t),
+                (2, false, SUB_SCALES) => rows::<2, false, SUB_SCALES>(p, a, t),
+                (1, false, 1) => rows::<1, false, 1>(p, a, t),
+                (1, true, 1) => rows::<1, true, 1>(p, a, t),
+                (1, false, SUB_SCALES) => rows::<1, false, SUB_SCALES>(p, a, t),
+                _ => unreachable!("at most {MR} rows; sub-block scales without minimums"),
             }
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn rows<const R: usize, const MINS: bool>(p: &Panel, a: &BlockActs, t: Tile) {
+    unsafe fn rows<const R: usize, const MINS: bool, const S: usize>(p: &Panel, a: &BlockActs, t: Tile) {
         let Tile {
             r0, b0, y0, ld, width, ..
         } = t;
@@ -464,51 +487,58 @@ mod avx512 {
         let xq2: [*const u8; R] = std::array::from_fn(|r| a.q2[(r0 + r) * a.cols + b0 * QK..].as_ptr());
         let at = |r: usize| (r0 + r) * a.blocks + b0;
         let mut f = [[_mm512_setzero_ps(); 2]; R];
+        let groups = 8 / S;
         for b in 0..p.kb {
-            // SAFETY: block b of the panel has 8 x NR x 4 codes and NR of each block value;
-            // each activation row has kb blocks from b0 (asserted shapes in gemm_with).
+            // SAFETY: block b of the panel has 8 x NR x 4 codes, S x NR scales and corrections
+            // and NR minimums; each activation row has kb blocks from b0 (asserted shapes in
+            // gemm_with).
             unsafe {
-                let c = [
-                    _mm512_loadu_si512(p.corr.as_ptr().add(b * NR) as *const __m512i),
-                    _mm512_loadu_si512(p.corr.as_ptr().add(b * NR + 16) as *const __m512i),
-                ];
                 let cb = cp.add(b * 8 * NR * 4);
-                let acc = block_sums::<R>(c, cb, &xq, b);
-                let d = [
-                    _mm512_loadu_ps(p.d.as_ptr().add(b * NR)),
-                    _mm512_loadu_ps(p.d.as_ptr().add(b * NR + 16)),
-                ];
-                let m = if MINS {
-                    [
-                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR)),
-                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR + 16)),
-                    ]
-                } else {
-                    [_mm512_setzero_ps(); 2]
-                };
-                // Outlier blocks (rare): the residual pass, for all R rows (zero codes and
-                // scale in rows without one).
                 let d2x: [f32; R] = std::array::from_fn(|r| *a.d2.get_unchecked(at(r) + b));
-                if d2x.iter().any(|&v| v != 0.0) {
-                    let acc2 = block_sums::<R>(c, cb, &xq2, b);
+                let outlier = d2x.iter().any(|&v| v != 0.0);
+                // Each scale's weights (the whole block, or each half for Q6_K's 16-weight
+                // scales) get their own integer sums and float step.
+                for h in 0..S {
+                    let k = (b * S + h) * NR;
+                    let c = [
+                        _mm512_loadu_si512(p.corr.as_ptr().add(k) as *const __m512i),
+                        _mm512_loadu_si512(p.corr.as_ptr().add(k + 16) as *const __m512i),
+                    ];
+                    let g = h * groups..(h + 1) * groups;
+                    let acc = block_sums::<R>(c, cb, &xq, b, g.clone());
+                    let d = [
+                        _mm512_loadu_ps(p.d.as_ptr().add(k)),
+                        _mm512_loadu_ps(p.d.as_ptr().add(k + 16)),
+                    ];
+                    // Outlier blocks (rare): the residual pass, for all R rows (zero codes and
+                    // scale in rows without one).
+                    if outlier {
+                        let acc2 = block_sums::<R>(c, cb, &xq2, b, g);
+                        for r in 0..R {
+                            let dx = _mm512_set1_ps(d2x[r]);
+                            for v in 0..2 {
+                                let s = _mm512_mul_ps(d[v], dx);
+                                f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[r][v]), s, f[r][v]);
+                            }
+                        }
+                    }
                     for r in 0..R {
-                        let dx = _mm512_set1_ps(d2x[r]);
+                        let dx = _mm512_set1_ps(*a.d.get_unchecked(at(r) + b));
                         for v in 0..2 {
                             let s = _mm512_mul_ps(d[v], dx);
-                            f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[r][v]), s, f[r][v]);
+                            f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), s, f[r][v]);
                         }
                     }
                 }
-                for r in 0..R {
-                    let dx = _mm512_set1_ps(*a.d.get_unchecked(at(r) + b));
-                    for v in 0..2 {
-                        let s = _mm512_mul_ps(d[v], dx);
-                        f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), s, f[r][v]);
-                    }
-                    if MINS {
+                if MINS {
+                    let m = [
+                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR)),
+                        _mm512_loadu_ps(p.m.as_ptr().add(b * NR + 16)),
+                    ];
+                    for (r, fr) in f.iter_mut().enumerate() {
                         let sx = _mm512_set1_ps(*a.s.get_unchecked(at(r) + b));
-                        for v in 0..2 {
-                            f[r][v] = _mm512_fmadd_ps(m[v], sx, f[r][v]);
+                        for (fv, mv) in fr.iter_mut().zip(m) {
+                            *fv = _mm512_fmadd_ps(mv, sx, *fv);
                         }
                     }
                 }
@@ -534,11 +564,12 @@ mod avx512 {
             }
         }
     }
-    /// One block's integer sums for R rows: `c + sum(x codes * weight codes)` per output.
+    /// One block's integer sums over its 4-input groups `groups` (all 8, or one scale's
+    /// half) for R rows: `c + sum(x codes * weight codes)` per output.
     ///
     /// # Safety
     /// AVX-512 F/BW/VNNI; `cb` points at the block's 8 x NR x 4 codes, each `xq[r]` at the
-    /// chunk's first activation code with block `b` in bounds.
+    /// chunk's first activation code with block `b` in bounds; `groups` within 0..8.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn block_sums<const R: usize>(
@@ -546,14 +577,15 @@ mod avx512 {
         cb: *const i8,
         xq: &[*const u8; R],
         b: usize,
+        groups: std::ops::Range<usize>,
     ) -> [[__m512i; 2]; R] {
         let mut acc = [c; R];
         if R == 4 {
             // SAFETY: forwarded; R == 4 rows.
-            unsafe { block_sums4(&mut acc, cb, xq, b) };
+            unsafe { block_sums4(&mut acc, cb, xq, b, groups) };
             return acc;
         }
-        for g in 0..8 {
+        for g in groups {
             // SAFETY: within the block (caller).
             unsafe {
                 let w0 = _mm512_loadu_si512(cb.add(g * NR * 4) as *const __m512i);
@@ -579,13 +611,19 @@ mod avx512 {
     /// As [`block_sums`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn block_sums4<const R: usize>(acc: &mut [[__m512i; 2]; R], cb: *const i8, xq: &[*const u8; R], b: usize) {
+    unsafe fn block_sums4<const R: usize>(
+        acc: &mut [[__m512i; 2]; R],
+        cb: *const i8,
+        xq: &[*const u8; R],
+        b: usize,
+        groups: std::ops::Range<usize>,
+    ) {
         let [a0, a1, a2, a3] = acc.as_mut_slice() else {
             unreachable!("4 rows")
         };
         // Typed scratch outputs: with `out(zmm_reg) _` LLVM named a non-vector register.
         let mut scratch = [_mm512_setzero_si512(); 3];
-        for g in 0..8 {
+        for g in groups {
             let off = b * QK + g * 4;
             // SAFETY: reads the block's group g (128 code bytes) and 4 activation bytes of each
             // row (caller); writes only the accumulators and scratch registers.
@@ -633,30 +671,33 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// A plain `[rows, cols]` matrix of random codes, scales and minimums.
+    /// A plain `[rows, cols]` matrix of random codes, `subs` scales a block and minimums.
     struct Dense {
         rows: usize,
         cols: usize,
+        subs: usize,
         codes: Vec<i8>,
         d: Vec<f32>,
         m: Option<Vec<f32>>,
     }
 
     impl Dense {
-        fn random(rows: usize, cols: usize, lo: i8, hi: i8, mins: bool, seed: u64) -> Self {
+        fn random(rows: usize, cols: usize, (lo, hi): (i8, i8), mins: bool, subs: usize, seed: u64) -> Self {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let nb = rows * cols / QK;
             Dense {
                 rows,
                 cols,
+                subs,
                 codes: (0..rows * cols).map(|_| rng.gen_range(lo..=hi)).collect(),
-                d: (0..nb).map(|_| rng.gen_range(0.001f32..0.05)).collect(),
+                d: (0..nb * subs).map(|_| rng.gen_range(0.001f32..0.05)).collect(),
                 m: mins.then(|| (0..nb).map(|_| rng.gen_range(-0.2f32..0.0)).collect()),
             }
         }
         fn weight(&self, r: usize, i: usize) -> f64 {
-            let b = (r * self.cols + i) / QK;
-            self.codes[r * self.cols + i] as f64 * self.d[b] as f64 + self.m.as_ref().map_or(0.0, |m| m[b] as f64)
+            let at = r * self.cols + i;
+            let min = self.m.as_ref().map_or(0.0, |m| m[at / QK] as f64);
+            self.codes[at] as f64 * self.d[at / (QK / self.subs)] as f64 + min
         }
     }
 
@@ -670,12 +711,15 @@ mod tests {
         fn has_mins(&self) -> bool {
             self.m.is_some()
         }
+        fn scales_per_block(&self) -> usize {
+            self.subs
+        }
         fn unpack(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32], mins: &mut [f32]) {
-            let nb = scales.len();
+            let nb = codes.len() / QK;
             let at = r * self.cols + b0 * QK;
-            codes[..nb * QK].copy_from_slice(&self.codes[at..at + nb * QK]);
+            codes.copy_from_slice(&self.codes[at..at + nb * QK]);
             let bb = r * self.cols / QK + b0;
-            scales.copy_from_slice(&self.d[bb..bb + nb]);
+            scales.copy_from_slice(&self.d[bb * self.subs..(bb + nb) * self.subs]);
             if let Some(m) = &self.m {
                 mins.copy_from_slice(&m[bb..bb + nb]);
             }
@@ -698,8 +742,14 @@ mod tests {
         // Rows: under one panel, a partial panel, several; cols: one block, the fixture's 576,
         // more than one chunk (KC_BLOCKS) with a partial last chunk.
         for (rows, cols) in [(5, 32), (33, 576), (64, 96), (40, (KC_BLOCKS + 3) * QK)] {
-            for (lo, hi, mins) in [(-128i8, 127i8, false), (-8, 7, false), (0, 15, true)] {
-                let w = Dense::random(rows, cols, lo, hi, mins, rows as u64);
+            // Q8_0-, Q4_0-, Q4_1- and Q6_K-like blocks (the last with a scale per 16 weights).
+            for ((lo, hi), mins, subs) in [
+                ((-128i8, 127i8), false, 1),
+                ((-8, 7), false, 1),
+                ((0, 15), true, 1),
+                ((-32, 31), false, SUB_SCALES),
+            ] {
+                let w = Dense::random(rows, cols, (lo, hi), mins, subs, rows as u64);
                 for n in [1, 3, 4, 7] {
                     let x: Vec<f32> = (0..n * cols)
                         .map(|i| rng.gen_range(-1.0f32..1.0) * if i % 13 == 0 { 20.0 } else { 1.0 })
@@ -802,7 +852,7 @@ mod tests {
             }
         }
         // And the product of such a block matches the dense one closely.
-        let w = Dense::random(4, 32, 0, 15, true, 2);
+        let w = Dense::random(4, 32, (0, 15), true, 1, 2);
         let y = gemm_with(&w, &a, 1, GemmKernel::Scalar);
         for (o, &yo) in y.iter().enumerate() {
             let want: f64 = (0..32).map(|i| x[i] as f64 * w.weight(o, i)).sum();

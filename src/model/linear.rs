@@ -219,16 +219,17 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
-/// Q4_K / Q5_K tensors, which the int8 GEMM reads in place.
+/// Q4_K / Q5_K / Q6_K tensors, which the int8 GEMM reads in place.
 fn kquant_format(qt: &QTensor) -> Option<KFormat> {
     match qt.dtype() {
         GgmlDType::Q4K => Some(KFormat::Q4K),
         GgmlDType::Q5K => Some(KFormat::Q5K),
+        GgmlDType::Q6K => Some(KFormat::Q6K),
         _ => None,
     }
 }
 
-/// `x [.., in] W^T` for a CPU Q4_K / Q5_K weight through the int8 GEMM.
+/// `x [.., in] W^T` for a CPU Q4_K / Q5_K / Q6_K weight through the int8 GEMM.
 fn kquant_gemm(qt: &QTensor, x: &Tensor, rows: usize) -> Result<Tensor> {
     let f = kquant_format(qt).ok_or_else(|| Error::tensor("k-quant GEMM", format!("{:?}", qt.dtype())))?;
     let (out, inf) = qt.shape().dims2()?;
