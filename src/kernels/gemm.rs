@@ -487,7 +487,6 @@ mod avx512 {
         let xq2: [*const u8; R] = std::array::from_fn(|r| a.q2[(r0 + r) * a.cols + b0 * QK..].as_ptr());
         let at = |r: usize| (r0 + r) * a.blocks + b0;
         let mut f = [[_mm512_setzero_ps(); 2]; R];
-        let groups = 8 / S;
         for b in 0..p.kb {
             // SAFETY: block b of the panel has 8 x NR x 4 codes, S x NR scales and corrections
             // and NR minimums; each activation row has kb blocks from b0 (asserted shapes in
@@ -504,8 +503,7 @@ mod avx512 {
                         _mm512_loadu_si512(p.corr.as_ptr().add(k) as *const __m512i),
                         _mm512_loadu_si512(p.corr.as_ptr().add(k + 16) as *const __m512i),
                     ];
-                    let g = h * groups..(h + 1) * groups;
-                    let acc = block_sums::<R>(c, cb, &xq, b, g.clone());
+                    let acc = block_sums::<R, S>(c, cb, &xq, b, h);
                     let d = [
                         _mm512_loadu_ps(p.d.as_ptr().add(k)),
                         _mm512_loadu_ps(p.d.as_ptr().add(k + 16)),
@@ -513,7 +511,7 @@ mod avx512 {
                     // Outlier blocks (rare): the residual pass, for all R rows (zero codes and
                     // scale in rows without one).
                     if outlier {
-                        let acc2 = block_sums::<R>(c, cb, &xq2, b, g);
+                        let acc2 = block_sums::<R, S>(c, cb, &xq2, b, h);
                         for r in 0..R {
                             let dx = _mm512_set1_ps(d2x[r]);
                             for v in 0..2 {
@@ -564,28 +562,30 @@ mod avx512 {
             }
         }
     }
-    /// One block's integer sums over its 4-input groups `groups` (all 8, or one scale's
-    /// half) for R rows: `c + sum(x codes * weight codes)` per output.
+    /// One block's integer sums over the 4-input groups of its scale `h` of `S` (all 8 groups,
+    /// or a half) for R rows: `c + sum(x codes * weight codes)` per output. The group count is
+    /// a constant so that the loop unrolls.
     ///
     /// # Safety
     /// AVX-512 F/BW/VNNI; `cb` points at the block's 8 x NR x 4 codes, each `xq[r]` at the
-    /// chunk's first activation code with block `b` in bounds; `groups` within 0..8.
+    /// chunk's first activation code with block `b` in bounds; `h < S`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn block_sums<const R: usize>(
+    unsafe fn block_sums<const R: usize, const S: usize>(
         c: [__m512i; 2],
         cb: *const i8,
         xq: &[*const u8; R],
         b: usize,
-        groups: std::ops::Range<usize>,
+        h: usize,
     ) -> [[__m512i; 2]; R] {
         let mut acc = [c; R];
         if R == 4 {
             // SAFETY: forwarded; R == 4 rows.
-            unsafe { block_sums4(&mut acc, cb, xq, b, groups) };
+            unsafe { block_sums4::<R, S>(&mut acc, cb, xq, b, h) };
             return acc;
         }
-        for g in groups {
+        for k in 0..8 / S {
+            let g = h * (8 / S) + k;
             // SAFETY: within the block (caller).
             unsafe {
                 let w0 = _mm512_loadu_si512(cb.add(g * NR * 4) as *const __m512i);
@@ -611,19 +611,20 @@ mod avx512 {
     /// As [`block_sums`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn block_sums4<const R: usize>(
+    unsafe fn block_sums4<const R: usize, const S: usize>(
         acc: &mut [[__m512i; 2]; R],
         cb: *const i8,
         xq: &[*const u8; R],
         b: usize,
-        groups: std::ops::Range<usize>,
+        h: usize,
     ) {
         let [a0, a1, a2, a3] = acc.as_mut_slice() else {
             unreachable!("4 rows")
         };
         // Typed scratch outputs: with `out(zmm_reg) _` LLVM named a non-vector register.
         let mut scratch = [_mm512_setzero_si512(); 3];
-        for g in groups {
+        for k in 0..8 / S {
+            let g = h * (8 / S) + k;
             let off = b * QK + g * 4;
             // SAFETY: reads the block's group g (128 code bytes) and 4 activation bytes of each
             // row (caller); writes only the accumulators and scratch registers.
