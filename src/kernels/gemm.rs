@@ -458,20 +458,30 @@ mod avx512 {
     pub(super) unsafe fn chunk(p: &Panel, a: &BlockActs, t: Tile) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match (t.mr, t.mins, p.subs) {
-                (4, false, 1) => rows::<4, false, 1>(p, a, t),
-                (4, true, 1) => rows::<4, true, 1>(p, a, t),
-                (4, false, SUB_SCALES) => rows::<4, false, SUB_SCALES>(p, a, t),
-                (3, false, 1) => rows::<3, false, 1>(p, a, t),
-                (3, true, 1) => rows::<3, true, 1>(p, a, t),
-                (3, false, SUB_SCALES) => rows::<3, false, SUB_SCALES>(p, a, t),
-                (2, false, 1) => rows::<2, false, 1>(p, a, t),
-                (2, true, 1) => rows::<2, true, 1>(p, a, t),
-                (2, false, SUB_SCALES) => rows::<2, false, SUB_SCALES>(p, a, t),
-                (1, false, 1) => rows::<1, false, 1>(p, a, t),
-                (1, true, 1) => rows::<1, true, 1>(p, a, t),
-                (1, false, SUB_SCALES) => rows::<1, false, SUB_SCALES>(p, a, t),
-                _ => unreachable!("at most {MR} rows; sub-block scales without minimums"),
+            match (t.mins, p.subs) {
+                (false, 1) => by_rows::<false, 1>(p, a, t),
+                (true, 1) => by_rows::<true, 1>(p, a, t),
+                (false, SUB_SCALES) => by_rows::<false, SUB_SCALES>(p, a, t),
+                _ => unreachable!("sub-block scales come without minimums"),
+            }
+        }
+    }
+
+    /// [`rows`] for the tile's row count.
+    ///
+    /// # Safety
+    /// As [`chunk`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn by_rows<const MINS: bool, const S: usize>(p: &Panel, a: &BlockActs, t: Tile) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match t.mr {
+                4 => rows::<4, MINS, S>(p, a, t),
+                3 => rows::<3, MINS, S>(p, a, t),
+                2 => rows::<2, MINS, S>(p, a, t),
+                1 => rows::<1, MINS, S>(p, a, t),
+                _ => unreachable!("at most {MR} rows"),
             }
         }
     }

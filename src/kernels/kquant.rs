@@ -171,7 +171,11 @@ impl KQuantRows<'_> {
 
     /// Q6_K: two scales per block (one per 16 weights), codes `q - 32`.
     fn unpack_q6k(&self, r: usize, b0: usize, codes: &mut [i8], scales: &mut [f32]) {
-        for (bi, (c, s)) in codes.chunks_exact_mut(QK).zip(scales.chunks_exact_mut(2)).enumerate() {
+        for (bi, (c, s)) in codes
+            .chunks_exact_mut(QK)
+            .zip(scales.chunks_exact_mut(SUB_SCALES))
+            .enumerate()
+        {
             let b = b0 + bi;
             let (sb, j) = (b / 8, b % 8);
             let blk = self.super_block(r, sb);
