@@ -678,7 +678,7 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -737,7 +737,8 @@ mod tests {
         }
     }
 
-    fn kernels() -> Vec<GemmKernel> {
+    /// Every GEMM kernel this CPU runs (test helper, shared with the k-quant tests).
+    pub(crate) fn kernels() -> Vec<GemmKernel> {
         let mut k = vec![GemmKernel::Scalar];
         if available() {
             k.push(GemmKernel::Avx512Vnni);
