@@ -23,6 +23,15 @@ impl KvCache {
             .unwrap_or(0)
     }
 
+    /// Number of positions cached for one layer (0 past the last layer).
+    pub fn layer_len(&self, layer: usize) -> usize {
+        self.layers
+            .get(layer)
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
     }
