@@ -65,7 +65,7 @@ fn simd_available() -> bool {
 fn matvec_with(simd: bool, w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
     assert!(w.len() == rows * cols && x.len() == n * cols && y.len() == n * rows);
     let row = |o: usize| &w[o * cols..(o + 1) * cols];
-    let dot4 = |w: [&[f32]; 4], x: &[f32]| -> [f32; 4] {
+    let rows_dot4 = |w: [&[f32]; 4], x: &[f32]| -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX-512 F checked by the caller; every row has x.len() values.
@@ -73,7 +73,7 @@ fn matvec_with(simd: bool, w: &[f32], rows: usize, cols: usize, x: &[f32], n: us
         }
         dot4(w, x)
     };
-    let dot = |w: &[f32], x: &[f32]| -> f32 {
+    let row_dot = |w: &[f32], x: &[f32]| -> f32 {
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: as above.
@@ -87,17 +87,17 @@ fn matvec_with(simd: bool, w: &[f32], rows: usize, cols: usize, x: &[f32], n: us
             let r0 = c * chunk;
             let mut k = 0;
             while k + 4 <= yc.len() {
-                let v = dot4(std::array::from_fn(|j| row(r0 + k + j)), x);
+                let v = rows_dot4(std::array::from_fn(|j| row(r0 + k + j)), x);
                 yc[k..k + 4].copy_from_slice(&v);
                 k += 4;
             }
             for (j, v) in yc.iter_mut().enumerate().skip(k) {
-                *v = dot(row(r0 + j), x);
+                *v = row_dot(row(r0 + j), x);
             }
         });
         return;
     }
-    by_weight_rows(rows, n, chunk, y, |o, r| dot(row(o), &x[r * cols..(r + 1) * cols]));
+    by_weight_rows(rows, n, chunk, y, |o, r| row_dot(row(o), &x[r * cols..(r + 1) * cols]));
 }
 
 /// The portable loops above are written to vectorise, but rustc 1.95 compiles them to scalar

@@ -16,11 +16,7 @@ impl KvCache {
 
     /// Number of positions already cached.
     pub fn seq_len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
-            .unwrap_or(0)
+        self.layer_len(0)
     }
 
     /// Number of positions cached for one layer (0 past the last layer).

@@ -363,7 +363,8 @@ impl Model {
         // keys and values (for the cache) but its query, attention output and MLP for the last
         // position alone, as llama.cpp does for rows it does not output. That layer then costs
         // its k/v projections, not a whole layer: a quarter of a prompt on a 4-layer model,
-        // 3% on a 32-layer one. The result is the same up to the summation order of one row.
+        // 3% on a 32-layer one. The result is the same up to how that one row's products are
+        // summed (on int8-activation formats it takes the decode kernels, as generated tokens do).
         let h = self.forward_layers(h, 0..n - 1, cache, opts)?;
         let offset = cache.layer_len(n - 1);
         let (cos, sin) = self.rotary.tables(offset, t - 1, None)?;
